@@ -1,0 +1,180 @@
+//! Command-line flags (clap derive) and their resolution into the library's validated
+//! settings structs. Precedence: flag > environment variable > config file > default.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keyturn::commands::rotate::RotateSettings;
+use keyturn::config::FileConfig;
+use keyturn::error::{Error, Result};
+use keyturn::plan::PlanOptions;
+use keyturn::printer::OutputFormat;
+use keyturn::remote::RemoteConfig;
+use keyturn::verify::VerifyPolicy;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  AWS or runtime failure (access denied, throttling after retries, verification failed)
+  2  invalid input or safety guard (nothing was changed): unknown user, two-key limit
+     with nothing eligible to free, missing --yes, bad flag values, lock held
+  3  audit only: findings present";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyturn",
+    version,
+    about = "Rotate AWS IAM user access keys safely",
+    long_about = "Rotate AWS IAM user access keys safely: respect the two-key limit, verify the new key with STS before retiring old ones, journal every step so a crash can be resumed, and deliver the new key where it is used.",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    /// More log output on stderr (-v, -vv, -vvv). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// Settings file [default: ~/.config/keyturn/config.toml].
+    #[arg(long, global = true, env = "KEYTURN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new access key for a user, verify it, and retire old keys as asked.
+    #[command(after_help = EXIT_CODES)]
+    Rotate(RotateArgs),
+}
+
+/// How to reach AWS (same meaning as in the AWS CLI).
+#[derive(Debug, Clone, Args)]
+pub struct RemoteArgs {
+    /// AWS profile used to call AWS [default: the SDK's default credential chain].
+    #[arg(long, value_name = "PROFILE")]
+    pub profile: Option<String>,
+
+    /// AWS region to sign requests for (also AWS_REGION; IAM is global) [default: from
+    /// the profile, else us-east-1].
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Send AWS requests to this endpoint (also AWS_ENDPOINT_URL), e.g. a local emulator.
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+}
+
+impl RemoteArgs {
+    pub fn remote(&self) -> RemoteConfig {
+        RemoteConfig {
+            profile: self.profile.clone(),
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputArg {
+    Env,
+    Json,
+    Table,
+}
+
+impl From<OutputArg> for OutputFormat {
+    fn from(o: OutputArg) -> Self {
+        match o {
+            OutputArg::Env => OutputFormat::Env,
+            OutputArg::Json => OutputFormat::Json,
+            OutputArg::Table => OutputFormat::Table,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The IAM user whose key to rotate.
+    #[arg(long, value_name = "NAME")]
+    pub user: String,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
+    /// After the new key is verified, deactivate the user's previously Active keys
+    /// (needs --yes).
+    #[arg(long)]
+    pub deactivate_old_keys: bool,
+
+    /// Delete keys that are already Inactive before creating the new key (to free a
+    /// slot), and delete the keys this run deactivated (needs --yes).
+    #[arg(long)]
+    pub delete_inactive_keys: bool,
+
+    /// Confirm deactivations and deletions. Without it those flags exit 2 before
+    /// anything changes.
+    #[arg(short, long)]
+    pub yes: bool,
+
+    /// Print the plan (actions and why) on stdout and change nothing. Exit 0 if the
+    /// plan is feasible, 2 if it would fail a guard.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Format of the new credentials on stdout [default: env; config: rotate.output].
+    #[arg(long, value_enum, env = "KEYTURN_OUTPUT", value_name = "FORMAT")]
+    pub output: Option<OutputArg>,
+
+    /// Seconds to wait for the new key to verify with STS [default: 60; config:
+    /// rotate.verify_timeout].
+    #[arg(long, env = "KEYTURN_VERIFY_TIMEOUT", value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub verify_timeout: Option<u64>,
+
+    /// Do not verify the new key (not allowed with --deactivate-old-keys).
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+impl RotateArgs {
+    pub fn resolve(&self, file: &FileConfig) -> Result<RotateSettings> {
+        let output = match (self.output, &file.rotate.output) {
+            (Some(o), _) => o.into(),
+            (None, Some(s)) => OutputFormat::parse(s).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "config rotate.output = {s:?}: expected env, json or table"
+                ))
+            })?,
+            (None, None) => OutputFormat::Env,
+        };
+        let timeout = self
+            .verify_timeout
+            .or(file.rotate.verify_timeout)
+            .unwrap_or(60);
+        if self.user.trim().is_empty() {
+            return Err(Error::InvalidInput("--user must not be empty".into()));
+        }
+        Ok(RotateSettings {
+            remote: self.remote.remote(),
+            user: self.user.clone(),
+            options: PlanOptions {
+                deactivate_old_keys: self.deactivate_old_keys,
+                delete_inactive_keys: self.delete_inactive_keys,
+                yes: self.yes,
+                verify: !self.no_verify,
+                keep_old_inactive: false,
+                confirmed_evict: false,
+            },
+            dry_run: self.dry_run,
+            output,
+            verify: VerifyPolicy {
+                timeout: Duration::from_secs(timeout),
+                ..VerifyPolicy::default()
+            },
+        })
+    }
+}

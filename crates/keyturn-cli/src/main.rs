@@ -1,0 +1,76 @@
+//! The `keyturn` command: parse flags, set up logging, resolve settings, call the
+//! library, map the result to an exit code. No rotation logic lives here.
+
+mod args;
+
+use args::{Cli, Command};
+use clap::Parser;
+use keyturn::error::{chain, exit};
+use keyturn::printer::Printer;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let printer = Printer::stdio(cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            printer.error(&format!("cannot start the async runtime: {e}"));
+            return ExitCode::from(exit::FAILURE as u8);
+        }
+    };
+    let code = match runtime.block_on(run(cli, &printer)) {
+        Ok(code) => code,
+        Err(e) => {
+            printer.error(&chain(&e));
+            e.exit_code()
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
+    let file = keyturn::config::FileConfig::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Rotate(a) => {
+            let settings = a.resolve(&file)?;
+            let journal = keyturn::journal::NullJournal;
+            keyturn::commands::rotate::rotate(&settings, &journal, printer).await
+        }
+    }
+}
+
+/// Logs go to stderr. Default: keyturn's progress at info, everything else at warn.
+/// `-v` adds keyturn debug, `-vv` everything at debug, `-vvv` trace; `RUST_LOG`
+/// overrides all of it. Secrets never reach logs at any level (tested).
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn,keyturn=info",
+        (false, 1) => "info,keyturn=debug",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let detailed = verbose > 0 || std::env::var_os("RUST_LOG").is_some();
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(color)
+        .with_writer(std::io::stderr);
+    if detailed {
+        builder.init();
+    } else {
+        builder
+            .without_time()
+            .with_target(false)
+            .with_level(true)
+            .init();
+    }
+}

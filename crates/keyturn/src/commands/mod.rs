@@ -1,0 +1,4 @@
+//! One module per subcommand, each exposing one async function that takes validated
+//! settings and a [`crate::printer::Printer`] and returns the process exit code.
+
+pub mod rotate;

@@ -1,0 +1,335 @@
+//! Typed errors and the exit codes they map to.
+//!
+//! Every failure a user can hit gets a message that says what happened and what to do
+//! next. The CLI prints errors with `{:#}`-style chains and exits with
+//! [`Error::exit_code`]: 0 success, 1 AWS or runtime failure, 2 invalid input or a
+//! safety guard, 3 audit findings (used by `audit` only).
+//!
+//! Error messages never contain secret values: the only secret type,
+//! [`crate::secret::SecretKey`], cannot be formatted.
+
+use crate::plan::Refusal;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Process exit codes (documented in `--help` and the README).
+pub mod exit {
+    pub const SUCCESS: i32 = 0;
+    pub const FAILURE: i32 = 1;
+    pub const GUARD: i32 = 2;
+    pub const FINDINGS: i32 = 3;
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The planner refused (a safety guard). Nothing was changed.
+    #[error(transparent)]
+    Refused(Box<Refusal>),
+
+    /// Bad flags, files or settings.
+    #[error("{0}")]
+    InvalidInput(String),
+
+    /// The IAM user does not exist.
+    #[error("IAM user '{user}' does not exist in this account (IAM answered NoSuchEntity); check the name, and --profile/--endpoint-url select the right account")]
+    NoSuchUser { user: String },
+
+    /// An AWS call failed.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+
+    /// The new key never proved itself; it was deleted again.
+    #[error("the new access key {key_id} did not verify within {timeout_secs} s ({attempts} attempts; last result: {last}); {cleanup}")]
+    VerificationFailed {
+        key_id: String,
+        timeout_secs: u64,
+        attempts: u32,
+        last: String,
+        cleanup: String,
+    },
+
+    /// A later step failed after the new key was created and handed out.
+    #[error("{step} failed after the new key {key_id} was created and delivered: {source}")]
+    AfterDelivery {
+        step: String,
+        key_id: String,
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// Local I/O.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file keyturn must parse is malformed.
+    #[error("{}:{line}: {message}", .path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+
+    /// Another process holds the lock for this work.
+    #[error("{0}")]
+    Locked(String),
+
+    /// The journal cannot be used (corrupt, foreign, or newer schema).
+    #[error("{0}")]
+    Journal(String),
+
+    /// Anything else at run time.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        Error::Refused(Box::new(r))
+    }
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Refused(_)
+            | Error::InvalidInput(_)
+            | Error::NoSuchUser { .. }
+            | Error::Parse { .. }
+            | Error::Locked(_)
+            | Error::Journal(_) => exit::GUARD,
+            Error::AfterDelivery { source, .. } => source.exit_code().max(exit::FAILURE),
+            Error::Aws(_)
+            | Error::VerificationFailed { .. }
+            | Error::Io { .. }
+            | Error::Runtime(_) => exit::FAILURE,
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The error without advice (for reporting an expected failure, such as a new key
+    /// IAM does not accept yet, where the advice would point at the wrong key).
+    pub fn summary(&self) -> String {
+        match self {
+            Error::Aws(e) => e.summary(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The AWS error kind, if this is an AWS failure.
+    pub fn aws_kind(&self) -> Option<&AwsErrorKind> {
+        match self {
+            Error::Aws(e) => Some(&e.kind),
+            _ => None,
+        }
+    }
+}
+
+/// The AWS failures users hit, each with advice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AwsErrorKind {
+    AccessDenied,
+    LimitExceeded,
+    NoSuchEntity,
+    Throttling,
+    InvalidClientTokenId,
+    SignatureDoesNotMatch,
+    ExpiredToken,
+    /// No credentials could be loaded for the caller.
+    NoCredentials,
+    /// The endpoint could not be reached, or timed out.
+    Network,
+    Other(String),
+}
+
+impl AwsErrorKind {
+    fn from_code(code: &str) -> Self {
+        match code {
+            "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" => {
+                AwsErrorKind::AccessDenied
+            }
+            "LimitExceeded" | "LimitExceededException" => AwsErrorKind::LimitExceeded,
+            "NoSuchEntity" | "NoSuchEntityException" => AwsErrorKind::NoSuchEntity,
+            "Throttling"
+            | "ThrottlingException"
+            | "TooManyRequestsException"
+            | "RequestLimitExceeded" => AwsErrorKind::Throttling,
+            "InvalidClientTokenId" | "UnrecognizedClientException" => {
+                AwsErrorKind::InvalidClientTokenId
+            }
+            "SignatureDoesNotMatch" => AwsErrorKind::SignatureDoesNotMatch,
+            "ExpiredToken" | "ExpiredTokenException" | "RequestExpired" => {
+                AwsErrorKind::ExpiredToken
+            }
+            other => AwsErrorKind::Other(other.to_string()),
+        }
+    }
+
+    /// What the user should do about it.
+    pub fn advice(&self, action: &str) -> String {
+        match self {
+            AwsErrorKind::AccessDenied => format!(
+                "the calling principal is not allowed to perform {action}; grant it (see 'IAM permissions' in the README) or call with a --profile that has it"
+            ),
+            AwsErrorKind::LimitExceeded => "the user already has two access keys (the IAM limit), possibly created by someone else meanwhile; run `keyturn rotate --dry-run` to see the keys".to_string(),
+            AwsErrorKind::NoSuchEntity => "the user or key no longer exists (deleted by someone else?); check with `aws iam list-access-keys`".to_string(),
+            AwsErrorKind::Throttling => "IAM throttled the requests and retries ran out; wait a minute and re-run (for fleets, lower --concurrency)".to_string(),
+            AwsErrorKind::InvalidClientTokenId => "the access key used to call AWS is unknown, deleted or Inactive; check --profile or AWS_ACCESS_KEY_ID".to_string(),
+            AwsErrorKind::SignatureDoesNotMatch => "the secret access key does not belong to the access key id; check the credentials file or AWS_SECRET_ACCESS_KEY".to_string(),
+            AwsErrorKind::ExpiredToken => "the session credentials expired; refresh them (for SSO: aws sso login) and re-run".to_string(),
+            AwsErrorKind::NoCredentials => "no AWS credentials were found; set --profile, AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY".to_string(),
+            AwsErrorKind::Network => "the AWS endpoint could not be reached; check the network, --region and --endpoint-url".to_string(),
+            AwsErrorKind::Other(_) => "see the AWS message above".to_string(),
+        }
+    }
+}
+
+impl fmt::Display for AwsErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AwsErrorKind::Other(c) => f.write_str(c),
+            AwsErrorKind::NoCredentials => f.write_str("NoCredentials"),
+            AwsErrorKind::Network => f.write_str("NetworkError"),
+            k => write!(f, "{k:?}"),
+        }
+    }
+}
+
+/// A failed AWS call: which action, what kind of failure, AWS's message, and advice.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{action} failed: {kind}{}. {}", .message.as_ref().map(|m| format!(": {}", m.trim_end_matches('.'))).unwrap_or_default(), .kind.advice(.action))]
+pub struct AwsError {
+    /// `service:Action`, e.g. `iam:CreateAccessKey`.
+    pub action: &'static str,
+    pub kind: AwsErrorKind,
+    pub message: Option<String>,
+}
+
+impl AwsError {
+    /// `action failed: Kind: message`, without advice.
+    pub fn summary(&self) -> String {
+        match &self.message {
+            Some(m) => format!(
+                "{} failed: {}: {}",
+                self.action,
+                self.kind,
+                m.trim_end_matches('.')
+            ),
+            None => format!("{} failed: {}", self.action, self.kind),
+        }
+    }
+
+    /// Classify an SDK error. `E` is the operation's modeled error type.
+    pub fn from_sdk<E, R>(action: &'static str, err: &SdkError<E, R>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: fmt::Debug + 'static,
+    {
+        match err {
+            SdkError::ServiceError(se) => {
+                let e = se.err();
+                let code = e.code().unwrap_or("Unknown");
+                AwsError {
+                    action,
+                    kind: AwsErrorKind::from_code(code),
+                    message: e.message().map(str::to_string),
+                }
+            }
+            SdkError::DispatchFailure(df) => AwsError {
+                action,
+                kind: if df.is_timeout() || df.is_io() {
+                    AwsErrorKind::Network
+                } else {
+                    AwsErrorKind::Other("DispatchFailure".into())
+                },
+                message: Some(chain(err)),
+            },
+            SdkError::TimeoutError(_) => AwsError {
+                action,
+                kind: AwsErrorKind::Network,
+                message: Some("the request timed out".into()),
+            },
+            SdkError::ConstructionFailure(_) => {
+                let msg = chain(err);
+                let kind = if msg.contains("credentials") || msg.contains("Credentials") {
+                    AwsErrorKind::NoCredentials
+                } else {
+                    AwsErrorKind::Other("ConstructionFailure".into())
+                };
+                AwsError {
+                    action,
+                    kind,
+                    message: Some(msg),
+                }
+            }
+            _ => AwsError {
+                action,
+                kind: AwsErrorKind::Other("ResponseError".into()),
+                message: Some(chain(err)),
+            },
+        }
+    }
+}
+
+/// An error and all its sources on one line (`a: b: c`), like anyhow's `{:#}`.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut src = err.source();
+    while let Some(s) = src {
+        let m = s.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        src = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_kinds_and_exit_codes() {
+        assert_eq!(
+            AwsErrorKind::from_code("AccessDenied"),
+            AwsErrorKind::AccessDenied
+        );
+        assert_eq!(
+            AwsErrorKind::from_code("Throttling"),
+            AwsErrorKind::Throttling
+        );
+        assert_eq!(
+            AwsErrorKind::from_code("InvalidClientTokenId"),
+            AwsErrorKind::InvalidClientTokenId
+        );
+        let e = Error::Aws(AwsError {
+            action: "iam:CreateAccessKey",
+            kind: AwsErrorKind::AccessDenied,
+            message: Some("User: x is not authorized".into()),
+        });
+        assert_eq!(e.exit_code(), exit::FAILURE);
+        let msg = e.to_string();
+        assert!(msg.contains("iam:CreateAccessKey failed: AccessDenied: User: x"));
+        assert!(msg.contains("not allowed to perform iam:CreateAccessKey"));
+        assert_eq!(
+            Error::NoSuchUser { user: "x".into() }.exit_code(),
+            exit::GUARD
+        );
+    }
+}

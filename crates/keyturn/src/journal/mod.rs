@@ -1,0 +1,207 @@
+//! The rotation journal: a durable record of every run and step, so a rotation that
+//! dies at any point (kill -9, power loss, a Lambda timeout) can be finished by
+//! `keyturn resume` without losing the new secret or leaving an orphan key.
+//!
+//! The engine talks to [`Journal`]; SQLite ([`sqlite::SqliteJournal`]) is the default
+//! backend. The trait is async and keyed by (account, user) so a networked backend
+//! (DynamoDB, for Lambda and multi-runner setups) can implement it unchanged.
+//! [`NullJournal`] records nothing (used by `--dry-run` and unit tests).
+
+use crate::aws::NewKey;
+use crate::error::Result;
+use crate::model::AccessKeyInfo;
+use crate::plan::{Plan, PlanOptions, Step, Target};
+use crate::remote::RemoteConfig;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use time::OffsetDateTime;
+
+/// Where the new secret goes once the run has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "Kind", rename_all = "PascalCase")]
+pub enum Delivery {
+    /// Printed on stdout in this format (`env`, `json`, `table`).
+    Stdout { format: String },
+    /// Written into profiles of these credentials/config files, then stdout.
+    Profiles {
+        files: Vec<std::path::PathBuf>,
+        format: String,
+    },
+}
+
+/// Everything needed to finish a run from any point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RunMeta {
+    pub run_id: String,
+    pub account: String,
+    pub user_name: String,
+    pub target: Target,
+    pub options: PlanOptions,
+    pub plan: Plan,
+    /// The user's keys when the run started: any other key found later was created by
+    /// this run (the lock keeps other keyturn processes away).
+    pub inventory: Vec<AccessKeyInfo>,
+    pub delivery: Delivery,
+    /// How AWS was called (profile/region/endpoint), to resume the same way.
+    pub remote: RemoteMeta,
+    /// Verification timeout in seconds.
+    pub verify_timeout_secs: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+}
+
+/// Serializable mirror of [`RemoteConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RemoteMeta {
+    pub profile: Option<String>,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+impl From<&RemoteConfig> for RemoteMeta {
+    fn from(r: &RemoteConfig) -> Self {
+        Self {
+            profile: r.profile.clone(),
+            region: r.region.clone(),
+            endpoint_url: r.endpoint_url.clone(),
+        }
+    }
+}
+
+impl From<&RemoteMeta> for RemoteConfig {
+    fn from(r: &RemoteMeta) -> Self {
+        Self {
+            profile: r.profile.clone(),
+            region: r.region.clone(),
+            endpoint_url: r.endpoint_url.clone(),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    /// Failed and cleaned up (the new key, if any, was deleted again).
+    Failed,
+    /// Failed after the new key was delivered (the new key is in use).
+    FailedAfterDelivery,
+    RolledBack,
+}
+
+impl RunStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::FailedAfterDelivery => "failed-after-delivery",
+            RunStatus::RolledBack => "rolled-back",
+        }
+    }
+}
+
+/// The journal backend contract.
+///
+/// Durability rule: each method returns only once its record is durable, because the
+/// engine performs the AWS mutation right after `intent` returns.
+pub trait Journal: Send + Sync {
+    /// Record a new run and take the (account, user) lock. Fails with
+    /// [`crate::Error::Locked`] when a live process holds it.
+    fn begin(&self, meta: &RunMeta) -> impl Future<Output = Result<()>> + Send;
+    /// About to perform step `idx`.
+    fn intent(
+        &self,
+        run_id: &str,
+        idx: usize,
+        step: &Step,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Step `idx` finished (`detail` is human-readable).
+    fn done(
+        &self,
+        run_id: &str,
+        idx: usize,
+        step: &Step,
+        ok: bool,
+        detail: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// `create-key` finished: record the new key id and its secret, encrypted, in one
+    /// durable write.
+    fn key_created(
+        &self,
+        run_id: &str,
+        idx: usize,
+        key: &NewKey,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Every output has the secret: erase it from the journal.
+    fn delivered(&self, run_id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// The run ended; release the lock.
+    fn finish(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        error: Option<&str>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Write a free-form event (compensation steps, resume notes).
+    fn note(
+        &self,
+        run_id: &str,
+        step: &str,
+        ok: bool,
+        detail: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A journal that records nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NullJournal;
+
+impl Journal for NullJournal {
+    async fn begin(&self, _: &RunMeta) -> Result<()> {
+        Ok(())
+    }
+    async fn intent(&self, _: &str, _: usize, _: &Step) -> Result<()> {
+        Ok(())
+    }
+    async fn done(&self, _: &str, _: usize, _: &Step, _: bool, _: &str) -> Result<()> {
+        Ok(())
+    }
+    async fn key_created(&self, _: &str, _: usize, _: &NewKey) -> Result<()> {
+        Ok(())
+    }
+    async fn delivered(&self, _: &str) -> Result<()> {
+        Ok(())
+    }
+    async fn finish(&self, _: &str, _: RunStatus, _: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+    async fn note(&self, _: &str, _: &str, _: bool, _: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A new run id: UTC start time plus random bits, sortable and readable
+/// (`20261121T231200Z-9f3a1c`).
+pub fn new_run_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let now = OffsetDateTime::now_utc();
+    // RandomState is seeded from the OS per process; mixing in the time and pid makes
+    // ids unique across processes without a random-number crate.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(now.unix_timestamp_nanos() as u128);
+    h.write_u32(std::process::id());
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{:06x}",
+        now.year(),
+        now.month() as u8,
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        h.finish() & 0xff_ffff
+    )
+}

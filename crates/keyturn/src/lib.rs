@@ -1,0 +1,30 @@
+//! keyturn: safe rotation of AWS IAM user access keys.
+//!
+//! All of keyturn's logic lives in this library; the `keyturn` CLI and the Lambda
+//! handler are thin shims over [`commands`]. The layers, from pure to effectful:
+//!
+//! - [`model`], [`plan`]: key inventories and the pure rotation planner;
+//! - [`verify`], [`engine`]: proving a new key and executing a plan step by step;
+//! - [`aws`], [`remote`]: the AWS calls behind a trait, and how to reach AWS;
+//! - [`journal`]: the durable record that makes rotations resumable;
+//! - [`printer`], [`report`]: the one place output is produced;
+//! - [`commands`]: one module per subcommand.
+
+pub mod aws;
+pub mod commands;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod failpoint;
+#[cfg(test)]
+pub(crate) mod fake;
+pub mod journal;
+pub mod model;
+pub mod plan;
+pub mod printer;
+pub mod remote;
+pub mod report;
+pub mod secret;
+pub mod verify;
+
+pub use error::{Error, Result};

@@ -1,0 +1,312 @@
+//! All user-facing output goes through one [`Printer`].
+//!
+//! stdout carries results only (new credentials, plans, reports) so that
+//! `eval "$(keyturn rotate …)"` and `| jq` work; stderr carries status lines. Logs go
+//! through `tracing` to stderr and never see a secret. This module is the only place
+//! where a secret is turned into output text (see [`reveal_credentials`]).
+
+use crate::model::{AccessKeyInfo, Usage};
+use crate::report::{ActionResult, RotationReport};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
+use serde::{Deserialize, Serialize};
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// `--output` of `rotate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// `export AWS_ACCESS_KEY_ID=…` lines for `eval`.
+    #[default]
+    Env,
+    Json,
+    Table,
+}
+
+impl OutputFormat {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OutputFormat::Env => "env",
+            OutputFormat::Json => "json",
+            OutputFormat::Table => "table",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "env" => Some(Self::Env),
+            "json" => Some(Self::Json),
+            "table" => Some(Self::Table),
+            _ => None,
+        }
+    }
+}
+
+type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// The single writer of stdout and stderr.
+#[derive(Clone)]
+pub struct Printer {
+    out: Sink,
+    err: Sink,
+    quiet: bool,
+}
+
+impl Printer {
+    /// The process's stdout/stderr. `quiet` silences status lines.
+    pub fn stdio(quiet: bool) -> Self {
+        Self {
+            out: Arc::new(Mutex::new(Box::new(io::stdout()))),
+            err: Arc::new(Mutex::new(Box::new(io::stderr()))),
+            quiet,
+        }
+    }
+
+    /// Capture output in memory (tests).
+    pub fn capture() -> (Self, Captured, Captured) {
+        let out = Captured::default();
+        let err = Captured::default();
+        (
+            Self {
+                out: Arc::new(Mutex::new(Box::new(out.clone()))),
+                err: Arc::new(Mutex::new(Box::new(err.clone()))),
+                quiet: false,
+            },
+            out,
+            err,
+        )
+    }
+
+    /// Write a result to stdout and flush.
+    pub fn stdout(&self, text: &str) -> io::Result<()> {
+        let mut w = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        w.write_all(text.as_bytes())?;
+        w.flush()
+    }
+
+    /// A status line on stderr (suppressed by `--quiet`).
+    pub fn status(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        let mut w = self.err.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(w, "{text}");
+    }
+
+    /// An error line on stderr (never suppressed).
+    pub fn error(&self, text: &str) {
+        let mut w = self.err.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(w, "error: {text}");
+    }
+
+    /// Print a rotation result (or dry-run plan) on stdout in `format`.
+    pub fn rotation(&self, r: &RotationReport, format: OutputFormat) -> io::Result<()> {
+        self.stdout(&render_rotation(r, format, OffsetDateTime::now_utc()))
+    }
+}
+
+/// In-memory output buffer for tests.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+/// Quote a value for POSIX shells only when needed (secrets are base64-like).
+fn shell_value(v: &str) -> String {
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/+=_.-:".contains(c))
+    {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\'', r"'\''"))
+    }
+}
+
+/// The credentials as `(access key id, secret)` text, the one place a secret is
+/// exposed for output.
+fn reveal_credentials(r: &RotationReport) -> Option<(&str, &str)> {
+    r.new_key
+        .as_ref()
+        .map(|k| (k.access_key_id.as_str(), k.secret.expose()))
+}
+
+/// Render a rotation report. Pure apart from the secret reveal; `now` makes ages
+/// deterministic in tests.
+pub fn render_rotation(r: &RotationReport, format: OutputFormat, now: OffsetDateTime) -> String {
+    match format {
+        OutputFormat::Env => render_env(r, now),
+        OutputFormat::Json => render_json(r),
+        OutputFormat::Table => render_table(r, now),
+    }
+}
+
+fn render_env(r: &RotationReport, now: OffsetDateTime) -> String {
+    let mut s = String::new();
+    if let Some((id, secret)) = reveal_credentials(r) {
+        s.push_str(&format!("export AWS_ACCESS_KEY_ID={}\n", shell_value(id)));
+        s.push_str(&format!(
+            "export AWS_SECRET_ACCESS_KEY={}\n",
+            shell_value(secret)
+        ));
+        return s;
+    }
+    // A dry run: everything is a shell comment, so `eval` does nothing.
+    s.push_str(&format!(
+        "# keyturn rotate --dry-run: user {} ({} key{})\n",
+        r.user_name,
+        r.inventory.len(),
+        if r.inventory.len() == 1 { "" } else { "s" }
+    ));
+    for k in &r.inventory {
+        s.push_str(&format!("#   key {}\n", k.describe(now)));
+    }
+    if r.actions.is_empty() {
+        s.push_str("# plan: none\n");
+    } else {
+        s.push_str("# plan:\n");
+        for (i, a) in r.actions.iter().enumerate() {
+            let key = a
+                .access_key_id
+                .as_deref()
+                .map(|k| format!(" {k}"))
+                .unwrap_or_default();
+            s.push_str(&format!("#   {}. {}{}: {}\n", i + 1, a.step, key, a.detail));
+        }
+    }
+    match &r.error {
+        Some(e) => s.push_str(&format!("# refused: {e}\n")),
+        None => s.push_str("# feasible: yes (nothing was changed)\n"),
+    }
+    s
+}
+
+fn render_json(r: &RotationReport) -> String {
+    let mut map = serde_json::Map::new();
+    map.insert("UserName".into(), r.user_name.clone().into());
+    if let Some(k) = &r.new_key {
+        let (id, secret) = reveal_credentials(r).expect("new key present");
+        map.insert("AccessKeyId".into(), id.into());
+        map.insert("SecretAccessKey".into(), secret.into());
+        map.insert("CreateDate".into(), rfc3339(k.create_date).into());
+        map.insert("Status".into(), "Active".into());
+    }
+    if let Ok(serde_json::Value::Object(rest)) = serde_json::to_value(r) {
+        for (k, v) in rest {
+            if k != "UserName" {
+                map.insert(k, v);
+            }
+        }
+    }
+    let mut s =
+        serde_json::to_string_pretty(&serde_json::Value::Object(map)).expect("report serializes");
+    s.push('\n');
+    s
+}
+
+fn usage_text(k: &AccessKeyInfo, now: OffsetDateTime) -> String {
+    match &k.usage {
+        Usage::Unknown => "-".into(),
+        Usage::Never => "never".into(),
+        Usage::Used(u) => format!(
+            "{} ({} d ago{})",
+            u.date.date(),
+            (now - u.date).whole_days().max(0),
+            u.service
+                .as_deref()
+                .map(|s| format!(", {s}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+fn new_table() -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    t
+}
+
+fn render_table(r: &RotationReport, now: OffsetDateTime) -> String {
+    let mut out = String::new();
+    let mut head = new_table();
+    head.set_header(vec!["Field", "Value"]);
+    head.add_row(vec!["UserName", r.user_name.as_str()]);
+    if let Some(a) = &r.account {
+        head.add_row(vec!["Account", a.as_str()]);
+    }
+    if let Some(k) = &r.new_key {
+        let (id, secret) = reveal_credentials(r).expect("new key present");
+        head.add_row(vec!["AccessKeyId", id]);
+        head.add_row(vec!["SecretAccessKey", secret]);
+        head.add_row(vec!["CreateDate".to_string(), rfc3339(k.create_date)]);
+    }
+    if r.dry_run {
+        head.add_row(vec!["DryRun", "yes (nothing was changed)"]);
+    }
+    if let Some(id) = &r.run_id {
+        head.add_row(vec!["RunId", id.as_str()]);
+    }
+    out.push_str(&head.to_string());
+    out.push('\n');
+
+    if r.dry_run && !r.inventory.is_empty() {
+        let mut inv = new_table();
+        inv.set_header(vec!["Key", "Status", "Created", "Age (days)", "Last used"]);
+        for k in &r.inventory {
+            inv.add_row(vec![
+                k.access_key_id.clone(),
+                k.status.to_string(),
+                k.create_date.date().to_string(),
+                k.age_days(now).max(0).to_string(),
+                usage_text(k, now),
+            ]);
+        }
+        out.push_str(&inv.to_string());
+        out.push('\n');
+    }
+    if !r.actions.is_empty() {
+        let mut acts = new_table();
+        acts.set_header(vec!["#", "Step", "Key", "Result", "Detail"]);
+        for (i, a) in r.actions.iter().enumerate() {
+            acts.add_row(vec![
+                (i + 1).to_string(),
+                a.step.clone(),
+                a.access_key_id.clone().unwrap_or_else(|| "-".into()),
+                match a.result {
+                    ActionResult::Planned => "planned",
+                    ActionResult::Done => "done",
+                    ActionResult::Failed => "FAILED",
+                }
+                .to_string(),
+                a.detail.clone(),
+            ]);
+        }
+        out.push_str(&acts.to_string());
+        out.push('\n');
+    }
+    if let Some(e) = &r.error {
+        out.push_str(&format!("Refused: {e}\n"));
+    }
+    out
+}

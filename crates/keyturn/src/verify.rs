@@ -1,0 +1,136 @@
+//! Proving a new key works before anything old is retired.
+//!
+//! IAM is eventually consistent: a fresh key can fail with `InvalidClientTokenId` for
+//! 10-20 s on real AWS, and can succeed on one request and fail on the next. keyturn
+//! calls STS `GetCallerIdentity` with the new key until it has seen
+//! [`VerifyPolicy::consecutive`] successes in a row that name the expected user,
+//! backing off only after a failure (a key that works at once costs milliseconds),
+//! and gives up at the deadline.
+
+use crate::aws::KeyApi;
+use crate::error::Error;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Upper bound of a single `GetCallerIdentity` call.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How hard to try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyPolicy {
+    pub timeout: Duration,
+    /// Successes in a row required. Three: one success on a fresh key is not proof
+    /// that every IAM replica knows it.
+    pub consecutive: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for VerifyPolicy {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(60),
+            consecutive: 3,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What verification observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub attempts: u32,
+    pub elapsed: Duration,
+    pub arn: String,
+}
+
+/// Why verification failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyFailure {
+    /// The deadline passed; `last` is the last error seen.
+    TimedOut { attempts: u32, last: String },
+    /// The key authenticated as somebody else (never retried).
+    WrongIdentity { arn: String },
+}
+
+impl std::fmt::Display for VerifyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerifyFailure::TimedOut { last, .. } => f.write_str(last),
+            VerifyFailure::WrongIdentity { arn } => {
+                write!(f, "the key authenticated as {arn}, not as the rotated user")
+            }
+        }
+    }
+}
+
+/// Who the new key must authenticate as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected<'a> {
+    pub user_name: &'a str,
+    /// Checked when known (self-rotation knows the caller's account).
+    pub account: Option<&'a str>,
+}
+
+/// Call `GetCallerIdentity` through `api` (already signing with the new key).
+pub async fn verify_key<A: KeyApi>(
+    api: &A,
+    expected: &Expected<'_>,
+    policy: &VerifyPolicy,
+) -> Result<Verified, VerifyFailure> {
+    let start = Instant::now();
+    let deadline = start + policy.timeout;
+    let mut attempts = 0u32;
+    let mut successes = 0u32;
+    let mut backoff = policy.initial_backoff;
+    loop {
+        attempts += 1;
+        // The deadline decides whether to start an attempt; an attempt in flight gets
+        // its own bound so that its real answer is what gets reported.
+        let result = match tokio::time::timeout(ATTEMPT_TIMEOUT, api.whoami()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Runtime(format!(
+                "GetCallerIdentity did not answer within {ATTEMPT_TIMEOUT:?}"
+            ))),
+        };
+        match result {
+            Ok(id) => {
+                let name_ok = id.user_name() == Some(expected.user_name);
+                let account_ok = expected.account.is_none_or(|a| a == id.account);
+                if !(name_ok && account_ok) {
+                    return Err(VerifyFailure::WrongIdentity { arn: id.arn });
+                }
+                successes += 1;
+                tracing::debug!(attempt = attempts, successes, "new key verified once");
+                if successes >= policy.consecutive {
+                    return Ok(Verified {
+                        attempts,
+                        elapsed: start.elapsed(),
+                        arn: id.arn,
+                    });
+                }
+            }
+            Err(e) => {
+                successes = 0;
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(VerifyFailure::TimedOut {
+                        attempts,
+                        last: e.summary(),
+                    });
+                }
+                let wait = backoff.min(deadline - now);
+                let kind = e.aws_kind().map(|k| k.to_string());
+                tracing::info!(
+                    "new key not accepted yet ({}, attempt {attempts}); retrying in {} ms",
+                    kind.as_deref().unwrap_or("error"),
+                    wait.as_millis()
+                );
+                tracing::debug!("verification attempt {attempts} failed: {e}");
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(policy.max_backoff);
+            }
+        }
+    }
+}
