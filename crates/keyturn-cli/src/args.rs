@@ -2,13 +2,14 @@
 //! settings structs. Precedence: flag > environment variable > config file > default.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use keyturn::commands::rotate::RotateSettings;
+use keyturn::commands::rotate::{RotateSettings, RotateTarget};
 use keyturn::config::FileConfig;
 use keyturn::error::{Error, Result};
 use keyturn::plan::PlanOptions;
 use keyturn::printer::OutputFormat;
 use keyturn::remote::RemoteConfig;
 use keyturn::verify::VerifyPolicy;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -47,7 +48,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create a new access key for a user, verify it, and retire old keys as asked.
+    /// Create a new access key for a user (--user) or for the caller's own profile
+    /// (--profile alone), verify it, and retire old keys as asked.
     #[command(after_help = EXIT_CODES)]
     Rotate(RotateArgs),
 }
@@ -55,7 +57,8 @@ pub enum Command {
 /// How to reach AWS (same meaning as in the AWS CLI).
 #[derive(Debug, Clone, Args)]
 pub struct RemoteArgs {
-    /// AWS profile used to call AWS [default: the SDK's default credential chain].
+    /// AWS profile used to call AWS [default: the SDK's default credential chain]. With
+    /// `rotate` and no --user: the profile whose own key is rotated.
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
 
@@ -97,13 +100,35 @@ impl From<OutputArg> for OutputFormat {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("whose").required(true).multiple(true).args(["user", "profile"])))]
 pub struct RotateArgs {
-    /// The IAM user whose key to rotate.
+    /// The IAM user whose key to rotate. Without it, `--profile NAME` rotates the key
+    /// that profile itself uses (self-rotation).
     #[arg(long, value_name = "NAME")]
-    pub user: String,
+    pub user: Option<String>,
 
     #[command(flatten)]
     pub remote: RemoteArgs,
+
+    /// Self-rotation: deactivate the replaced key instead of deleting it, so it can be
+    /// re-activated if something still needs it.
+    #[arg(long, requires = "profile", conflicts_with = "user")]
+    pub keep_old_inactive: bool,
+
+    /// Self-rotation of a role profile (role_arn + source_profile): rotate the
+    /// source_profile's key instead.
+    #[arg(long, requires = "profile", conflicts_with = "user")]
+    pub source_profile_ok: bool,
+
+    /// Self-rotation of a profile with mfa_serial: the current MFA code (prompted on a
+    /// terminal when omitted). IAM calls then use an STS session with MFA.
+    #[arg(
+        long,
+        value_name = "CODE",
+        requires = "profile",
+        conflicts_with = "user"
+    )]
+    pub mfa_code: Option<String>,
 
     /// After the new key is verified, deactivate the user's previously Active keys
     /// (needs --yes).
@@ -155,18 +180,34 @@ impl RotateArgs {
             .verify_timeout
             .or(file.rotate.verify_timeout)
             .unwrap_or(60);
-        if self.user.trim().is_empty() {
-            return Err(Error::InvalidInput("--user must not be empty".into()));
+        let target = match (&self.user, &self.remote.profile) {
+            (Some(u), _) if u.trim().is_empty() => {
+                return Err(Error::InvalidInput("--user must not be empty".into()))
+            }
+            (Some(u), _) => RotateTarget::User(u.clone()),
+            (None, Some(p)) if !p.trim().is_empty() => RotateTarget::OwnProfile(p.clone()),
+            _ => {
+                return Err(Error::InvalidInput(
+                    "name the user (--user NAME) or the profile whose own key to rotate (--profile NAME)".into(),
+                ))
+            }
+        };
+        if let Some(code) = &self.mfa_code {
+            if code.len() != 6 || !code.chars().all(|c| c.is_ascii_digit()) {
+                return Err(Error::InvalidInput(
+                    "--mfa-code must be the 6-digit code".into(),
+                ));
+            }
         }
         Ok(RotateSettings {
             remote: self.remote.remote(),
-            user: self.user.clone(),
+            target,
             options: PlanOptions {
                 deactivate_old_keys: self.deactivate_old_keys,
                 delete_inactive_keys: self.delete_inactive_keys,
                 yes: self.yes,
                 verify: !self.no_verify,
-                keep_old_inactive: false,
+                keep_old_inactive: self.keep_old_inactive,
                 confirmed_evict: false,
             },
             dry_run: self.dry_run,
@@ -175,6 +216,9 @@ impl RotateArgs {
                 timeout: Duration::from_secs(timeout),
                 ..VerifyPolicy::default()
             },
+            source_profile_ok: self.source_profile_ok,
+            mfa_code: self.mfa_code.clone(),
+            interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
         })
     }
 }

@@ -101,6 +101,25 @@ impl Printer {
         let _ = writeln!(w, "error: {text}");
     }
 
+    /// Ask a yes/no question on the terminal (stderr prompt, stdin answer). Only call
+    /// when stdin and stderr are terminals.
+    pub fn confirm(&self, question: &str) -> bool {
+        let answer = self.ask(&format!("{question} [y/N] "));
+        matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
+    }
+
+    /// Ask for a line of input on the terminal.
+    pub fn ask(&self, prompt: &str) -> String {
+        {
+            let mut w = self.err.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = write!(w, "{prompt}");
+            let _ = w.flush();
+        }
+        let mut line = String::new();
+        let _ = io::stdin().read_line(&mut line);
+        line
+    }
+
     /// Print a rotation result (or dry-run plan) on stdout in `format`.
     pub fn rotation(&self, r: &RotationReport, format: OutputFormat) -> io::Result<()> {
         self.stdout(&render_rotation(r, format, OffsetDateTime::now_utc()))

@@ -37,6 +37,8 @@ impl fmt::Display for SecretKey {
     }
 }
 
+impl Eq for SecretKey {}
+
 impl PartialEq for SecretKey {
     fn eq(&self, other: &Self) -> bool {
         self.expose() == other.expose()
