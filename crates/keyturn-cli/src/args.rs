@@ -2,11 +2,15 @@
 //! settings structs. Precedence: flag > environment variable > config file > default.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use keyturn::commands::history::HistorySettings;
+use keyturn::commands::resume::ResumeSettings;
+use keyturn::commands::rollback::RollbackSettings;
 use keyturn::commands::rotate::{RotateSettings, RotateTarget};
 use keyturn::config::FileConfig;
 use keyturn::error::{Error, Result};
+use keyturn::journal::JournalSettings;
 use keyturn::plan::PlanOptions;
-use keyturn::printer::OutputFormat;
+use keyturn::printer::{HistoryFormat, OutputFormat};
 use keyturn::remote::RemoteConfig;
 use keyturn::verify::VerifyPolicy;
 use std::io::IsTerminal;
@@ -42,6 +46,21 @@ pub struct Cli {
     #[arg(long, global = true, env = "KEYTURN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// The crash-safe rotation journal (SQLite) [default:
+    /// $XDG_STATE_HOME/keyturn/journal.sqlite; config: journal.path].
+    #[arg(long, global = true, env = "KEYTURN_JOURNAL", value_name = "PATH")]
+    pub journal: Option<PathBuf>,
+
+    /// Seal journaled secrets with this AWS KMS key (id, ARN or alias) instead of the
+    /// local key file beside the journal [config: journal.kms_key].
+    #[arg(
+        long,
+        global = true,
+        env = "KEYTURN_JOURNAL_KMS_KEY",
+        value_name = "KEY"
+    )]
+    pub journal_kms_key: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -52,6 +71,120 @@ pub enum Command {
     /// (--profile alone), verify it, and retire old keys as asked.
     #[command(after_help = EXIT_CODES)]
     Rotate(RotateArgs),
+
+    /// Finish rotations that were interrupted (all of them, or RUN_ID), ending where an
+    /// uninterrupted run would have; re-delivers the new key.
+    #[command(after_help = EXIT_CODES)]
+    Resume(ResumeArgs),
+
+    /// Show journaled rotations: runs, their steps and outcome (key ids masked).
+    History(HistoryArgs),
+
+    /// Undo a rotation: re-activate the key it deactivated and deactivate the key it
+    /// created. Refused (exit 2) when the run deleted the old key.
+    #[command(after_help = EXIT_CODES)]
+    Rollback(RollbackArgs),
+}
+
+impl Cli {
+    /// Journal location: flag/env > config file > default.
+    pub fn journal_settings(&self, file: &FileConfig) -> JournalSettings {
+        JournalSettings {
+            path: self
+                .journal
+                .clone()
+                .or_else(|| file.journal.path.clone())
+                .unwrap_or_else(keyturn::journal::sqlite::default_path),
+            kms_key: self
+                .journal_kms_key
+                .clone()
+                .or_else(|| file.journal.kms_key.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The run to finish [default: every interrupted run, oldest first].
+    #[arg(value_name = "RUN_ID")]
+    pub run_id: Option<String>,
+
+    /// MFA code, when the interrupted run rotated a profile with mfa_serial.
+    #[arg(long, value_name = "CODE")]
+    pub mfa_code: Option<String>,
+}
+
+impl ResumeArgs {
+    pub fn resolve(&self) -> ResumeSettings {
+        ResumeSettings {
+            run_id: self.run_id.clone(),
+            mfa_code: self.mfa_code.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TableOrJson {
+    Table,
+    Json,
+}
+
+impl From<TableOrJson> for HistoryFormat {
+    fn from(o: TableOrJson) -> Self {
+        match o {
+            TableOrJson::Table => HistoryFormat::Table,
+            TableOrJson::Json => HistoryFormat::Json,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only runs of this IAM user.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table", value_name = "FORMAT")]
+    pub output: TableOrJson,
+}
+
+impl HistoryArgs {
+    pub fn resolve(&self) -> HistorySettings {
+        HistorySettings {
+            user: self.user.clone(),
+            output: self.output.into(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The IAM user whose rotation to undo.
+    #[arg(long, value_name = "NAME")]
+    pub user: String,
+
+    /// The run to undo [default: the user's latest completed rotation].
+    #[arg(long = "run", value_name = "RUN_ID")]
+    pub run_id: Option<String>,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table", value_name = "FORMAT")]
+    pub output: TableOrJson,
+}
+
+impl RollbackArgs {
+    pub fn resolve(&self) -> RollbackSettings {
+        RollbackSettings {
+            remote: self.remote.remote(),
+            user: self.user.clone(),
+            run_id: self.run_id.clone(),
+            output: self.output.into(),
+        }
+    }
 }
 
 /// How to reach AWS (same meaning as in the AWS CLI).

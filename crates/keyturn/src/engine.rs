@@ -295,7 +295,7 @@ impl<A: KeyApi, J: Journal> Engine<'_, A, J> {
 
     /// Undo a rotation that failed before delivery: delete the new key (with the
     /// caller's credentials), leave old keys as they are.
-    async fn compensate(&self, meta: &RunMeta, p: &mut Progress, cause: Error) -> Error {
+    pub async fn compensate(&self, meta: &RunMeta, p: &mut Progress, cause: Error) -> Error {
         let Some(key) = p.new_key.take() else {
             return cause;
         };

@@ -53,6 +53,9 @@ struct Subject<'a> {
     target: Target,
     writer: Option<&'a FileProfileWriter>,
     retire_with_new_key: bool,
+    /// Self-rotation: the profile named on the command line, and its MFA device.
+    profile: Option<String>,
+    mfa_serial: Option<String>,
 }
 
 /// Run `keyturn rotate`.
@@ -91,6 +94,8 @@ pub async fn rotate_with<A: KeyApi, J: Journal>(
         target: Target::User,
         writer: None,
         retire_with_new_key: false,
+        profile: None,
+        mfa_serial: None,
     };
     run(api, subject, settings, journal, printer).await
 }
@@ -212,14 +217,48 @@ async fn rotate_own_profile<J: Journal>(
         // With MFA the new key alone may lack permission (policies requiring MFA),
         // so the MFA session retires the old key; the new key was verified already.
         retire_with_new_key: mfa_serial.is_none(),
+        profile: Some(name.to_string()),
+        mfa_serial,
     };
     run(&iam, subject, settings, journal, printer).await
 }
 
-/// Inventory -> plan -> (dry run | engine) -> delivery, for either mode.
+/// Lock the user (unless dry run), then [`plan_and_run`]; the lock is released on
+/// any exit before the run is recorded, and by `finish` after.
 async fn run<A: KeyApi, J: Journal>(
     api: &A,
     subject: Subject<'_>,
+    settings: &RotateSettings,
+    journal: &J,
+    printer: &Printer,
+) -> Result<i32> {
+    if settings.dry_run {
+        return plan_and_run(api, subject, None, settings, journal, printer).await;
+    }
+    let run_id = crate::journal::new_run_id();
+    let (account, user) = (subject.account.clone(), subject.user.clone());
+    journal.lock(&account, &user, &run_id).await?;
+    let mut begun = false;
+    let result = plan_and_run(
+        api,
+        subject,
+        Some((&run_id, &mut begun)),
+        settings,
+        journal,
+        printer,
+    )
+    .await;
+    if !begun {
+        journal.unlock(&account, &user, &run_id).await?;
+    }
+    result
+}
+
+/// Inventory -> plan -> (dry run | engine) -> delivery, for either mode.
+async fn plan_and_run<A: KeyApi, J: Journal>(
+    api: &A,
+    subject: Subject<'_>,
+    run: Option<(&str, &mut bool)>,
     settings: &RotateSettings,
     journal: &J,
     printer: &Printer,
@@ -288,6 +327,9 @@ async fn run<A: KeyApi, J: Journal>(
         };
     }
     let plan = planned?;
+    let Some((run_id, begun)) = run else {
+        return Err(Error::Runtime("a real run needs a run id".into()));
+    };
     let delivery = match subject.writer {
         Some(w) => Delivery::Profiles {
             files: vec![w.credentials.clone(), w.config.clone()],
@@ -298,7 +340,7 @@ async fn run<A: KeyApi, J: Journal>(
         },
     };
     let meta = RunMeta {
-        run_id: crate::journal::new_run_id(),
+        run_id: run_id.to_string(),
         account: subject.account.clone(),
         user_name: subject.user.clone(),
         target,
@@ -309,8 +351,11 @@ async fn run<A: KeyApi, J: Journal>(
         remote: (&settings.remote).into(),
         verify_timeout_secs: settings.verify.timeout.as_secs(),
         started_at: now,
+        profile: subject.profile.clone(),
+        mfa_serial: subject.mfa_serial.clone(),
     };
     journal.begin(&meta).await?;
+    *begun = true;
     let engine = Engine {
         api,
         journal,
