@@ -7,7 +7,7 @@
 //! the journal (sealed) and is delivered again: printed on stdout, written to the
 //! profile files.
 
-use crate::aws::{KeyApi, NewKey, SdkKeyApi};
+use crate::aws::{NewKey, SdkKeyApi};
 use crate::commands::rotate::finish_run;
 use crate::credfile::{FileProfileWriter, SharedFiles, SECRET};
 use crate::engine::{Engine, ProfileWriter, Progress};
@@ -239,7 +239,3 @@ async fn caller_api(
         }
     }
 }
-
-// Keep the KeyApi trait in scope for SdkKeyApi methods used through generics.
-#[allow(unused_imports)]
-use KeyApi as _;
