@@ -225,6 +225,42 @@ impl SqliteJournal {
         Ok(())
     }
 
+    /// The lock row of (account, user): (run id, holder JSON, since).
+    fn lock_row(
+        c: &Connection,
+        account: &str,
+        user: &str,
+    ) -> rusqlite::Result<Option<(String, String, String)>> {
+        c.query_row(
+            "SELECT run_id, holder, since FROM locks WHERE account = ?1 AND user_name = ?2",
+            [account, user],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+    }
+
+    /// Record an event of plan step `idx`.
+    fn plan_step(
+        &self,
+        run_id: &str,
+        idx: usize,
+        step: &Step,
+        phase: StepPhase,
+        detail: &str,
+    ) -> Result<()> {
+        self.with(|c| {
+            Self::insert_step(
+                c,
+                run_id,
+                Some(idx),
+                step.name(),
+                step.key_id(),
+                phase,
+                detail,
+            )
+        })
+    }
+
     fn holder_json(&self) -> String {
         serde_json::to_string(&self.me).expect("serialize process id")
     }
@@ -351,13 +387,7 @@ impl Journal for SqliteJournal {
         let holder = self.holder_json();
         let blocked = self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let existing: Option<(String, String, String)> = tx
-                .query_row(
-                    "SELECT run_id, holder, since FROM locks WHERE account = ?1 AND user_name = ?2",
-                    [account, user],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
+            let existing = Self::lock_row(&tx, account, user)?;
             if let Some((held_by, h, since)) = existing {
                 if let Err(msg) = Self::check_holder(&tx, account, user, &held_by, &h, &since) {
                     return Ok(Some(msg));
@@ -401,13 +431,7 @@ impl Journal for SqliteJournal {
             else {
                 return Ok(Some(format!("no run {run_id} in the journal")));
             };
-            let existing: Option<(String, String, String)> = tx
-                .query_row(
-                    "SELECT run_id, holder, since FROM locks WHERE account = ?1 AND user_name = ?2",
-                    [&account, &user],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
+            let existing = Self::lock_row(&tx, &account, &user)?;
             if let Some((held_by, h, since)) = existing {
                 let p: Option<ProcessId> = serde_json::from_str(&h).ok();
                 let alive = p.as_ref().is_some_and(|p| p.is_alive() && *p != me);
@@ -453,17 +477,7 @@ impl Journal for SqliteJournal {
     }
 
     async fn intent(&self, run_id: &str, idx: usize, step: &Step) -> Result<()> {
-        self.with(|c| {
-            Self::insert_step(
-                c,
-                run_id,
-                Some(idx),
-                step.name(),
-                step.key_id(),
-                StepPhase::Intent,
-                step.reason(),
-            )
-        })
+        self.plan_step(run_id, idx, step, StepPhase::Intent, step.reason())
     }
 
     async fn done(
@@ -479,17 +493,7 @@ impl Journal for SqliteJournal {
         } else {
             StepPhase::Failed
         };
-        self.with(|c| {
-            Self::insert_step(
-                c,
-                run_id,
-                Some(idx),
-                step.name(),
-                step.key_id(),
-                phase,
-                detail,
-            )
-        })
+        self.plan_step(run_id, idx, step, phase, detail)
     }
 
     async fn key_created(&self, run_id: &str, idx: usize, key: &NewKey) -> Result<()> {
