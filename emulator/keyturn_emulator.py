@@ -87,12 +87,15 @@ class EmulatorState:
         self.propagation_delay = 0.0
         # access key id -> time.monotonic() at creation (through the IAM API)
         self.key_born: dict[str, float] = {}
+        # GetSessionToken credentials: ASIA key id -> {account_id, user, secret, token}
+        self.sessions: dict[str, dict[str, str]] = {}
 
     def clear(self) -> None:
         self.root_keys.clear()
         self.report_times.clear()
         self.propagation_delay = 0.0
         self.key_born.clear()
+        self.sessions.clear()
 
 
 STATE = EmulatorState()
@@ -261,6 +264,9 @@ def iam_resource_arn(response: Any) -> str:
     key = backend.access_keys.get(key_id)
     if key is not None and key.user_name in backend.users:
         return backend.users[key.user_name].arn
+    session = STATE.sessions.get(key_id)
+    if session is not None and session["user"] in backend.users:
+        return backend.users[session["user"]].arn
     return "*"
 
 
@@ -269,8 +275,10 @@ def policy_variables(response: Any) -> dict[str, str]:
     variables = {"aws:PrincipalAccount": account_id}
     backend = _iam(account_id)
     key = backend.access_keys.get(response.access_key)
-    if key is not None and key.user_name in backend.users:
-        user = backend.users[key.user_name]
+    session = STATE.sessions.get(response.access_key)
+    owner = key.user_name if key is not None else session["user"] if session else None
+    if owner in backend.users:
+        user = backend.users[owner]
         variables.update({"aws:username": user.name, "aws:userid": user.id})
     return variables
 
@@ -479,6 +487,91 @@ def patch_delete_user_with_keys() -> None:
     IAMBackend.delete_user = delete_user
 
 
+def patch_session_tokens() -> None:
+    """sts:GetSessionToken (used with MFA) returns a fixed example credential in moto
+    that belongs to nobody, so with auth on every call made with it fails.  On AWS the
+    session acts as the IAM user that asked for it, with that user's policies, until
+    it expires; deleting or deactivating the user's access key does not revoke it.
+    Issue real session credentials (ASIA key id, secret, token) owned by the calling
+    user, accept them in authentication, and answer GetCallerIdentity with the user's
+    ARN."""
+    import secrets as pysecrets
+    import string
+
+    from moto.iam import access_control
+    from moto.sts import models as sts_models
+    from moto.sts.responses import TokenResponse
+
+    def random_text(alphabet: str, n: int) -> str:
+        return "".join(pysecrets.choice(alphabet) for _ in range(n))
+
+    def get_session_token(self):
+        from moto.core.responses import ActionResult
+
+        duration = self._get_int_param("DurationSeconds", 43200)
+        token = self.backend.get_session_token(duration=duration)
+        caller = self.get_access_key()
+        user = _iam(self.current_account).get_user_from_access_key_id(caller)
+        key_id = "ASIA" + random_text(string.ascii_uppercase + string.digits, 16)
+        secret = random_text(string.ascii_letters + string.digits + "/+", 40)
+        session_token = random_text(string.ascii_letters + string.digits + "/+=", 120)
+        if user is not None:
+            STATE.sessions[key_id] = {
+                "account_id": self.current_account,
+                "user": user.name,
+                "secret": secret,
+                "token": session_token,
+            }
+        return ActionResult({"Credentials": {
+            "AccessKeyId": key_id,
+            "SecretAccessKey": secret,
+            "SessionToken": session_token,
+            "Expiration": token.expiration,
+        }})
+
+    TokenResponse.get_session_token = get_session_token
+
+    class SessionUserAccessKey(access_control.IAMUserAccessKey):
+        def __init__(self, account_id, partition, access_key_id, headers):  # noqa: N807
+            session = STATE.sessions[access_key_id]
+            self.account_id = session["account_id"]
+            self.partition = partition
+            if self.backend.users.get(session["user"]) is None:
+                raise access_control.CreateAccessKeyFailure(reason="InvalidId")
+            if headers.get("X-Amz-Security-Token") != session["token"]:
+                raise access_control.CreateAccessKeyFailure(reason="InvalidToken")
+            self._owner_user_name = session["user"]
+            self._access_key_id = access_key_id
+            self._secret_access_key = session["secret"]
+            self._session_token = session["token"]
+
+        def create_credentials(self):
+            from botocore.credentials import Credentials
+
+            return Credentials(self._access_key_id, self._secret_access_key, self._session_token)
+
+    original_create = access_control.create_access_key
+
+    def create_access_key(account_id, partition, access_key_id, headers):
+        if access_key_id in STATE.sessions:
+            return SessionUserAccessKey(account_id, partition, access_key_id, headers)
+        return original_create(account_id, partition, access_key_id, headers)
+
+    access_control.create_access_key = create_access_key
+
+    original_identity = sts_models.STSBackend.get_caller_identity
+
+    def get_caller_identity(self, access_key_id, region):
+        session = STATE.sessions.get(access_key_id)
+        if session is not None:
+            user = _iam(session["account_id"]).users.get(session["user"])
+            if user is not None:
+                return user.id, user.arn, user.account_id
+        return original_identity(self, access_key_id, region)
+
+    sts_models.STSBackend.get_caller_identity = get_caller_identity
+
+
 def patch_assume_role() -> None:
     """(e) AWS answers AssumeRole of a role that does not exist with AccessDenied;
     moto hands out credentials for any ARN.  Also check the trust policy of a
@@ -672,6 +765,7 @@ def apply_patches() -> None:
     patch_get_access_key_last_used()
     patch_delete_user_with_keys()
     patch_assume_role()
+    patch_session_tokens()
     patch_organizations_member_role()
     patch_credential_report()
 

@@ -325,6 +325,41 @@ def run(emu: Emulator) -> None:
     _, stats = emu.call("POST", "/_keyturn/stats/reset")
     check(stats == {"requests": 0, "by_action": {}}, "stats reset")
 
+    print("session tokens (GetSessionToken, e.g. after MFA):")
+    iam.create_user(UserName="mfa-user")
+    iam.put_user_policy(UserName="mfa-user", PolicyName="self", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "iam:ListAccessKeys",
+             "Resource": "arn:aws:iam::*:user/${aws:username}"},
+            {"Effect": "Allow", "Action": "sts:GetSessionToken", "Resource": "*"}]}))
+    mk = iam.create_access_key(UserName="mfa-user")["AccessKey"]
+    session = emu.client("sts", (mk["AccessKeyId"], mk["SecretAccessKey"], None)).get_session_token(
+        SerialNumber=f"arn:aws:iam::{ACCOUNT}:mfa/mfa-user", TokenCode="123456")["Credentials"]
+    check(session["AccessKeyId"].startswith("ASIA"), "GetSessionToken issues an ASIA key")
+    screds = (session["AccessKeyId"], session["SecretAccessKey"], session["SessionToken"])
+    check(emu.client("sts", screds).get_caller_identity()["Arn"]
+          == f"arn:aws:iam::{ACCOUNT}:user/mfa-user", "a session acts as the user who asked for it")
+    check(len(emu.client("iam", screds).list_access_keys(UserName="mfa-user")["AccessKeyMetadata"]) == 1,
+          "the user's own policy (${aws:username}) applies to the session")
+    expect_error(lambda: emu.client("iam", screds).list_access_keys(UserName="keyturn-admin"),
+                 "AccessDenied", "the session gets no more than the user")
+    expect_error(lambda: emu.client("sts", (screds[0], screds[1], "wrong")).get_caller_identity(),
+                 "InvalidClientTokenId", "a session key with a wrong token")
+
+    print("propagation delay (IAM eventual consistency):")
+    emu.call("POST", "/_keyturn/propagation-delay", {"seconds": 1.0})
+    fresh = iam.create_access_key(UserName="mfa-user")["AccessKey"]
+    fresh_creds = (fresh["AccessKeyId"], fresh["SecretAccessKey"], None)
+    expect_error(lambda: emu.client("sts", fresh_creds).get_caller_identity(),
+                 "InvalidClientTokenId", "a key younger than the delay")
+    check(emu.client("sts", (mk["AccessKeyId"], mk["SecretAccessKey"], None))
+          .get_caller_identity()["Arn"].endswith(":user/mfa-user"),
+          "keys created before the delay was set keep working")
+    time.sleep(1.1)
+    check(emu.client("sts", fresh_creds).get_caller_identity()["Arn"].endswith(":user/mfa-user"),
+          "the new key works once the delay has passed")
+    emu.call("POST", "/_keyturn/propagation-delay", {"seconds": 0})
+
     print("reset:")
     status, body = emu.call("POST", "/_keyturn/reset")
     check(status == 200 and body == emu.ready, "reset answers the ready line (same admin key)")

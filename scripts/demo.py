@@ -147,6 +147,66 @@ def main() -> int:
         scenario("10. the new key never verifies: it is deleted again, old key untouched (exit 1)",
                  "report-bot", "rotate", "--user", "report-bot", "--deactivate-old-keys",
                  "--yes", "--verify-timeout", "3")
+        req.urlopen(req.Request(f"{endpoint}/_keyturn/propagation-delay",
+                                data=b'{"seconds": 0}', method="POST")).read()
+
+        # Self-rotation: a laptop's credentials file, rewritten byte for byte.
+        iam.create_user(UserName="laptop")
+        iam.put_user_policy(UserName="laptop", PolicyName="self", PolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": ["iam:*AccessKey*", "iam:GetUser"],
+                 "Resource": "arn:aws:iam::*:user/${aws:username}"},
+                {"Effect": "Allow", "Action": "sts:GetCallerIdentity", "Resource": "*"}]}))
+        k = iam.create_access_key(UserName="laptop")["AccessKey"]
+        creds = Path(home) / ".aws" / "credentials"
+        creds.parent.mkdir(parents=True)
+        creds.write_text(
+            "# my laptop\n[default]\nregion = eu-west-1\n"
+            f"aws_access_key_id = {k['AccessKeyId']}\naws_secret_access_key = {k['SecretAccessKey']}\n\n"
+            f"[backup]  ; same key, second profile\naws_access_key_id={k['AccessKeyId']}\n"
+            f"aws_secret_access_key={k['SecretAccessKey']}\n")
+        creds.chmod(0o600)
+        secrets.append(k["SecretAccessKey"])
+        # The profile's own key signs every call: no admin credentials in the environment.
+        del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+        print(f"\n{BOLD}== 11. self-rotation of ~/.aws/credentials (profile 'default', shared by 'backup'){RESET}")
+        print(f"{DIM}file before:{RESET}")
+        for line in creds.read_text().replace(k["SecretAccessKey"], k["SecretAccessKey"][:4] + "…").splitlines():
+            print(f"  | {line}")
+        scenario("    keyturn rotate --profile default", "laptop", "rotate", "--profile", "default")
+        text = creds.read_text()
+        for s_ in secrets:
+            text = text.replace(s_, s_[:4] + "…")
+        print(f"{DIM}file after (only the two key lines of each profile changed, mode "
+              f"{oct(creds.stat().st_mode & 0o777)}):{RESET}")
+        for line in text.splitlines():
+            print(f"  | {line}")
+        env["AWS_ACCESS_KEY_ID"] = admin["access_key_id"]
+        env["AWS_SECRET_ACCESS_KEY"] = admin["secret_access_key"]
+
+        # A rotation killed with SIGKILL in the middle, then resumed from the journal.
+        iam.create_user(UserName="crash-bot")
+        new_key("crash-bot")
+        req.urlopen(req.Request(f"{endpoint}/_keyturn/propagation-delay",
+                                data=b'{"seconds": 30}', method="POST")).read()
+        print(f"\n{BOLD}== 12. kill -9 during verification, then `keyturn resume`{RESET}")
+        print(f"{DIM}before:{RESET} crash-bot: {keys('crash-bot')}")
+        print(f"{BOLD}$ keyturn rotate --user crash-bot --deactivate-old-keys --delete-inactive-keys --yes &  # killed{RESET}")
+        import time
+        p = subprocess.Popen([KEYTURN, "rotate", "--user", "crash-bot", "--deactivate-old-keys",
+                              "--delete-inactive-keys", "--yes"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        while len(iam.list_access_keys(UserName="crash-bot")["AccessKeyMetadata"]) < 2:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        p.kill()
+        p.wait()
+        print(f"  killed with SIGKILL; IAM now: crash-bot: {keys('crash-bot')} (new key unverified, its secret sealed in the journal)")
+        req.urlopen(req.Request(f"{endpoint}/_keyturn/propagation-delay",
+                                data=b'{"seconds": 0}', method="POST")).read()
+        scenario("    keyturn resume", "crash-bot", "resume")
+        scenario("    keyturn history --user crash-bot", "crash-bot", "history", "--user", "crash-bot")
+
         print(f"\n{BOLD}Demo finished.{RESET} {len(secrets)} new secrets were issued; "
               "each was printed once on stdout and never on stderr.")
     finally:

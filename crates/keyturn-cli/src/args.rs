@@ -2,13 +2,18 @@
 //! settings structs. Precedence: flag > environment variable > config file > default.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use keyturn::commands::rotate::RotateSettings;
+use keyturn::commands::history::HistorySettings;
+use keyturn::commands::resume::ResumeSettings;
+use keyturn::commands::rollback::RollbackSettings;
+use keyturn::commands::rotate::{RotateSettings, RotateTarget};
 use keyturn::config::FileConfig;
 use keyturn::error::{Error, Result};
+use keyturn::journal::JournalSettings;
 use keyturn::plan::PlanOptions;
-use keyturn::printer::OutputFormat;
+use keyturn::printer::{HistoryFormat, OutputFormat};
 use keyturn::remote::RemoteConfig;
 use keyturn::verify::VerifyPolicy;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -41,21 +46,152 @@ pub struct Cli {
     #[arg(long, global = true, env = "KEYTURN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// The crash-safe rotation journal (SQLite) [default:
+    /// $XDG_STATE_HOME/keyturn/journal.sqlite; config: journal.path].
+    #[arg(long, global = true, env = "KEYTURN_JOURNAL", value_name = "PATH")]
+    pub journal: Option<PathBuf>,
+
+    /// Seal journaled secrets with this AWS KMS key (id, ARN or alias) instead of the
+    /// local key file beside the journal [config: journal.kms_key].
+    #[arg(
+        long,
+        global = true,
+        env = "KEYTURN_JOURNAL_KMS_KEY",
+        value_name = "KEY"
+    )]
+    pub journal_kms_key: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create a new access key for a user, verify it, and retire old keys as asked.
+    /// Create a new access key for a user (--user) or for the caller's own profile
+    /// (--profile alone), verify it, and retire old keys as asked.
     #[command(after_help = EXIT_CODES)]
     Rotate(RotateArgs),
+
+    /// Finish rotations that were interrupted (all of them, or RUN_ID), ending where an
+    /// uninterrupted run would have; re-delivers the new key.
+    #[command(after_help = EXIT_CODES)]
+    Resume(ResumeArgs),
+
+    /// Show journaled rotations: runs, their steps and outcome (key ids masked).
+    History(HistoryArgs),
+
+    /// Undo a rotation: re-activate the key it deactivated and deactivate the key it
+    /// created. Refused (exit 2) when the run deleted the old key.
+    #[command(after_help = EXIT_CODES)]
+    Rollback(RollbackArgs),
+}
+
+impl Cli {
+    /// Journal location: flag/env > config file > default.
+    pub fn journal_settings(&self, file: &FileConfig) -> JournalSettings {
+        JournalSettings {
+            path: self
+                .journal
+                .clone()
+                .or_else(|| file.journal.path.clone())
+                .unwrap_or_else(keyturn::journal::sqlite::default_path),
+            kms_key: self
+                .journal_kms_key
+                .clone()
+                .or_else(|| file.journal.kms_key.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The run to finish [default: every interrupted run, oldest first].
+    #[arg(value_name = "RUN_ID")]
+    pub run_id: Option<String>,
+
+    /// MFA code, when the interrupted run rotated a profile with mfa_serial.
+    #[arg(long, value_name = "CODE")]
+    pub mfa_code: Option<String>,
+}
+
+impl ResumeArgs {
+    pub fn resolve(&self) -> ResumeSettings {
+        ResumeSettings {
+            run_id: self.run_id.clone(),
+            mfa_code: self.mfa_code.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TableOrJson {
+    Table,
+    Json,
+}
+
+impl From<TableOrJson> for HistoryFormat {
+    fn from(o: TableOrJson) -> Self {
+        match o {
+            TableOrJson::Table => HistoryFormat::Table,
+            TableOrJson::Json => HistoryFormat::Json,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only runs of this IAM user.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table", value_name = "FORMAT")]
+    pub output: TableOrJson,
+}
+
+impl HistoryArgs {
+    pub fn resolve(&self) -> HistorySettings {
+        HistorySettings {
+            user: self.user.clone(),
+            output: self.output.into(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The IAM user whose rotation to undo.
+    #[arg(long, value_name = "NAME")]
+    pub user: String,
+
+    /// The run to undo [default: the user's latest completed rotation].
+    #[arg(long = "run", value_name = "RUN_ID")]
+    pub run_id: Option<String>,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table", value_name = "FORMAT")]
+    pub output: TableOrJson,
+}
+
+impl RollbackArgs {
+    pub fn resolve(&self) -> RollbackSettings {
+        RollbackSettings {
+            remote: self.remote.remote(),
+            user: self.user.clone(),
+            run_id: self.run_id.clone(),
+            output: self.output.into(),
+        }
+    }
 }
 
 /// How to reach AWS (same meaning as in the AWS CLI).
 #[derive(Debug, Clone, Args)]
 pub struct RemoteArgs {
-    /// AWS profile used to call AWS [default: the SDK's default credential chain].
+    /// AWS profile used to call AWS [default: the SDK's default credential chain]. With
+    /// `rotate` and no --user: the profile whose own key is rotated.
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
 
@@ -97,13 +233,35 @@ impl From<OutputArg> for OutputFormat {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("whose").required(true).multiple(true).args(["user", "profile"])))]
 pub struct RotateArgs {
-    /// The IAM user whose key to rotate.
+    /// The IAM user whose key to rotate. Without it, `--profile NAME` rotates the key
+    /// that profile itself uses (self-rotation).
     #[arg(long, value_name = "NAME")]
-    pub user: String,
+    pub user: Option<String>,
 
     #[command(flatten)]
     pub remote: RemoteArgs,
+
+    /// Self-rotation: deactivate the replaced key instead of deleting it, so it can be
+    /// re-activated if something still needs it.
+    #[arg(long, requires = "profile", conflicts_with = "user")]
+    pub keep_old_inactive: bool,
+
+    /// Self-rotation of a role profile (role_arn + source_profile): rotate the
+    /// source_profile's key instead.
+    #[arg(long, requires = "profile", conflicts_with = "user")]
+    pub source_profile_ok: bool,
+
+    /// Self-rotation of a profile with mfa_serial: the current MFA code (prompted on a
+    /// terminal when omitted). IAM calls then use an STS session with MFA.
+    #[arg(
+        long,
+        value_name = "CODE",
+        requires = "profile",
+        conflicts_with = "user"
+    )]
+    pub mfa_code: Option<String>,
 
     /// After the new key is verified, deactivate the user's previously Active keys
     /// (needs --yes).
@@ -155,18 +313,34 @@ impl RotateArgs {
             .verify_timeout
             .or(file.rotate.verify_timeout)
             .unwrap_or(60);
-        if self.user.trim().is_empty() {
-            return Err(Error::InvalidInput("--user must not be empty".into()));
+        let target = match (&self.user, &self.remote.profile) {
+            (Some(u), _) if u.trim().is_empty() => {
+                return Err(Error::InvalidInput("--user must not be empty".into()))
+            }
+            (Some(u), _) => RotateTarget::User(u.clone()),
+            (None, Some(p)) if !p.trim().is_empty() => RotateTarget::OwnProfile(p.clone()),
+            _ => {
+                return Err(Error::InvalidInput(
+                    "name the user (--user NAME) or the profile whose own key to rotate (--profile NAME)".into(),
+                ))
+            }
+        };
+        if let Some(code) = &self.mfa_code {
+            if code.len() != 6 || !code.chars().all(|c| c.is_ascii_digit()) {
+                return Err(Error::InvalidInput(
+                    "--mfa-code must be the 6-digit code".into(),
+                ));
+            }
         }
         Ok(RotateSettings {
             remote: self.remote.remote(),
-            user: self.user.clone(),
+            target,
             options: PlanOptions {
                 deactivate_old_keys: self.deactivate_old_keys,
                 delete_inactive_keys: self.delete_inactive_keys,
                 yes: self.yes,
                 verify: !self.no_verify,
-                keep_old_inactive: false,
+                keep_old_inactive: self.keep_old_inactive,
                 confirmed_evict: false,
             },
             dry_run: self.dry_run,
@@ -175,6 +349,9 @@ impl RotateArgs {
                 timeout: Duration::from_secs(timeout),
                 ..VerifyPolicy::default()
             },
+            source_profile_ok: self.source_profile_ok,
+            mfa_code: self.mfa_code.clone(),
+            interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
         })
     }
 }

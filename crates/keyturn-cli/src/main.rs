@@ -35,12 +35,32 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
+    use keyturn::commands::{history, resume, rollback, rotate};
+    use keyturn::remote::RemoteConfig;
     let file = keyturn::config::FileConfig::load(cli.config.as_deref())?;
-    match cli.command {
+    let journal = cli.journal_settings(&file);
+    match &cli.command {
         Command::Rotate(a) => {
             let settings = a.resolve(&file)?;
-            let journal = keyturn::journal::NullJournal;
-            keyturn::commands::rotate::rotate(&settings, &journal, printer).await
+            if settings.dry_run {
+                // A dry run changes nothing, not even the journal.
+                return rotate::rotate(&settings, &keyturn::journal::NullJournal, printer).await;
+            }
+            let j = journal.open(&settings.remote).await?;
+            rotate::rotate(&settings, &j, printer).await
+        }
+        Command::Resume(a) => {
+            let j = journal.open(&RemoteConfig::default()).await?;
+            resume::resume(&a.resolve(), &j, printer).await
+        }
+        Command::History(a) => {
+            let j = journal.open(&RemoteConfig::default()).await?;
+            history::history(&a.resolve(), &j, printer).await
+        }
+        Command::Rollback(a) => {
+            let settings = a.resolve();
+            let j = journal.open(&settings.remote).await?;
+            rollback::rollback(&settings, &j, printer).await
         }
     }
 }

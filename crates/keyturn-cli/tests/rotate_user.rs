@@ -532,3 +532,52 @@ fn bad_flag_values_exit_2() {
         run.assert_code(2);
     }
 }
+
+#[test]
+fn bad_or_missing_caller_credentials_exit_1_with_advice() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    let k1 = emu.create_key("ci-bot");
+    let unknown = Creds {
+        id: "AKIAAAAAAAAAAAAAAAAA".into(),
+        secret: "x".repeat(40),
+        token: None,
+    };
+    let run = emu.run(
+        emu.keyturn_as(&unknown)
+            .args(["rotate", "--user", "ci-bot"]),
+    );
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("InvalidClientTokenId"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("unknown, deleted or Inactive"),
+        "{}",
+        run.stderr
+    );
+    let wrong_secret = Creds {
+        secret: "y".repeat(40),
+        ..k1.clone()
+    };
+    let run = emu.run(
+        emu.keyturn_as(&wrong_secret)
+            .args(["rotate", "--user", "ci-bot"]),
+    );
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("SignatureDoesNotMatch"),
+        "{}",
+        run.stderr
+    );
+    let run = emu.run(emu.keyturn_bare().args(["rotate", "--user", "ci-bot"]));
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("no AWS credentials were found"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(emu.keys("ci-bot"), [active(&k1.id)]);
+}

@@ -52,6 +52,9 @@ pub struct Engine<'a, A: KeyApi, J: Journal> {
     pub journal: &'a J,
     pub verify: VerifyPolicy,
     pub profiles: Option<&'a dyn ProfileWriter>,
+    /// Self-rotation: retire the old key signing with the new one (proves it). False
+    /// when the caller's session must be used (an MFA session).
+    pub retire_with_new_key: bool,
 }
 
 impl<A: KeyApi, J: Journal> Engine<'_, A, J> {
@@ -197,8 +200,10 @@ impl<A: KeyApi, J: Journal> Engine<'_, A, J> {
     /// user mode uses the caller (`None`).
     fn retire_api(&self, meta: &RunMeta, p: &Progress) -> Result<Option<A>> {
         match meta.target {
-            Target::Profile { .. } => Ok(Some(self.api.as_key(self.new_key(p)?))),
-            Target::User => Ok(None),
+            Target::Profile { .. } if self.retire_with_new_key => {
+                Ok(Some(self.api.as_key(self.new_key(p)?)))
+            }
+            _ => Ok(None),
         }
     }
 
@@ -228,7 +233,8 @@ impl<A: KeyApi, J: Journal> Engine<'_, A, J> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
-        let self_rotation = matches!(meta.target, Target::Profile { .. });
+        let self_rotation =
+            matches!(meta.target, Target::Profile { .. }) && self.retire_with_new_key;
         let deadline = tokio::time::Instant::now() + self.verify.timeout;
         let mut backoff = self.verify.initial_backoff;
         loop {
@@ -289,7 +295,7 @@ impl<A: KeyApi, J: Journal> Engine<'_, A, J> {
 
     /// Undo a rotation that failed before delivery: delete the new key (with the
     /// caller's credentials), leave old keys as they are.
-    async fn compensate(&self, meta: &RunMeta, p: &mut Progress, cause: Error) -> Error {
+    pub async fn compensate(&self, meta: &RunMeta, p: &mut Progress, cause: Error) -> Error {
         let Some(key) = p.new_key.take() else {
             return cause;
         };

@@ -249,15 +249,22 @@ impl AwsError {
                     message: e.message().map(str::to_string),
                 }
             }
-            SdkError::DispatchFailure(df) => AwsError {
-                action,
-                kind: if df.is_timeout() || df.is_io() {
+            SdkError::DispatchFailure(df) => {
+                let msg = chain(err);
+                let kind = if df.is_timeout() || df.is_io() {
                     AwsErrorKind::Network
+                } else if msg.contains("no credentials") || msg.contains("credential provider") {
+                    // Credentials are resolved while dispatching the first request.
+                    AwsErrorKind::NoCredentials
                 } else {
                     AwsErrorKind::Other("DispatchFailure".into())
-                },
-                message: Some(chain(err)),
-            },
+                };
+                AwsError {
+                    action,
+                    kind,
+                    message: Some(msg),
+                }
+            }
             SdkError::TimeoutError(_) => AwsError {
                 action,
                 kind: AwsErrorKind::Network,
@@ -303,6 +310,78 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_iam::operation::create_access_key::CreateAccessKeyError;
+    use aws_smithy_runtime_api::http::{Response, StatusCode};
+    use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    /// A service error as the SDK builds it from an IAM error response.
+    fn service_error(code: &str, message: &str) -> SdkError<CreateAccessKeyError, Response> {
+        let meta = ErrorMetadata::builder().code(code).message(message).build();
+        SdkError::service_error(
+            CreateAccessKeyError::generic(meta),
+            Response::new(StatusCode::try_from(400).unwrap(), SdkBody::empty()),
+        )
+    }
+
+    #[test]
+    fn sdk_service_errors_are_classified_with_advice() {
+        for (code, kind, advice) in [
+            (
+                "LimitExceeded",
+                AwsErrorKind::LimitExceeded,
+                "two access keys",
+            ),
+            (
+                "NoSuchEntity",
+                AwsErrorKind::NoSuchEntity,
+                "no longer exists",
+            ),
+            (
+                "AccessDenied",
+                AwsErrorKind::AccessDenied,
+                "not allowed to perform iam:CreateAccessKey",
+            ),
+            ("Throttling", AwsErrorKind::Throttling, "retries ran out"),
+            (
+                "InvalidClientTokenId",
+                AwsErrorKind::InvalidClientTokenId,
+                "unknown, deleted or Inactive",
+            ),
+            (
+                "SignatureDoesNotMatch",
+                AwsErrorKind::SignatureDoesNotMatch,
+                "does not belong",
+            ),
+            ("ExpiredToken", AwsErrorKind::ExpiredToken, "expired"),
+        ] {
+            let e = AwsError::from_sdk("iam:CreateAccessKey", &service_error(code, "AWS says no."));
+            assert_eq!(e.kind, kind);
+            let text = Error::Aws(e.clone()).to_string();
+            assert!(
+                text.starts_with(&format!(
+                    "iam:CreateAccessKey failed: {code}: AWS says no. "
+                )),
+                "{text}"
+            );
+            assert!(text.contains(advice), "{code}: {text}");
+            assert_eq!(Error::Aws(e).exit_code(), exit::FAILURE);
+        }
+        let other = AwsError::from_sdk(
+            "iam:CreateAccessKey",
+            &service_error("ServiceFailure", "boom"),
+        );
+        assert_eq!(other.kind, AwsErrorKind::Other("ServiceFailure".into()));
+    }
+
+    #[test]
+    fn timeouts_are_network_errors() {
+        let err: SdkError<CreateAccessKeyError, Response> =
+            SdkError::timeout_error("operation timed out");
+        let e = AwsError::from_sdk("iam:CreateAccessKey", &err);
+        assert_eq!(e.kind, AwsErrorKind::Network);
+        assert!(Error::Aws(e).to_string().contains("could not be reached"));
+    }
 
     #[test]
     fn codes_map_to_kinds_and_exit_codes() {

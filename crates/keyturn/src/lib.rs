@@ -13,6 +13,7 @@
 pub mod aws;
 pub mod commands;
 pub mod config;
+pub mod credfile;
 pub mod engine;
 pub mod error;
 pub mod failpoint;

@@ -5,8 +5,10 @@
 //! through `tracing` to stderr and never see a secret. This module is the only place
 //! where a secret is turned into output text (see [`reveal_credentials`]).
 
+use crate::journal::RunRecord;
 use crate::model::{AccessKeyInfo, Usage};
 use crate::report::{ActionResult, RotationReport};
+use crate::secret::{mask_key_id, mask_key_ids_in};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
@@ -42,6 +44,15 @@ impl OutputFormat {
             _ => None,
         }
     }
+}
+
+/// `--output` of `history` and `rollback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryFormat {
+    #[default]
+    Table,
+    Json,
 }
 
 type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
@@ -99,6 +110,67 @@ impl Printer {
     pub fn error(&self, text: &str) {
         let mut w = self.err.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(w, "error: {text}");
+    }
+
+    /// Ask a yes/no question on the terminal (stderr prompt, stdin answer). Only call
+    /// when stdin and stderr are terminals.
+    pub fn confirm(&self, question: &str) -> bool {
+        let answer = self.ask(&format!("{question} [y/N] "));
+        matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
+    }
+
+    /// Ask for a line of input on the terminal.
+    pub fn ask(&self, prompt: &str) -> String {
+        {
+            let mut w = self.err.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = write!(w, "{prompt}");
+            let _ = w.flush();
+        }
+        let mut line = String::new();
+        let _ = io::stdin().read_line(&mut line);
+        line
+    }
+
+    /// Print journal runs (key ids masked, never secrets).
+    pub fn history(&self, runs: &[RunRecord], format: HistoryFormat) -> io::Result<()> {
+        self.stdout(&render_history(runs, format))
+    }
+
+    /// Print a serializable value as pretty JSON, or as a two-column table.
+    pub fn json_or_table<T: Serialize>(&self, value: &T, format: HistoryFormat) -> io::Result<()> {
+        let v = serde_json::to_value(value).map_err(io::Error::other)?;
+        let text = match format {
+            HistoryFormat::Json => {
+                let mut s = serde_json::to_string_pretty(&v).map_err(io::Error::other)?;
+                s.push('\n');
+                s
+            }
+            HistoryFormat::Table => {
+                let mut t = new_table();
+                t.set_header(vec!["Field", "Value"]);
+                if let serde_json::Value::Object(m) = v {
+                    for (k, v) in m {
+                        let shown = match v {
+                            serde_json::Value::String(s) => s,
+                            serde_json::Value::Array(a) if a.is_empty() => "-".into(),
+                            serde_json::Value::Array(a) => a
+                                .iter()
+                                .map(|x| {
+                                    x.as_str()
+                                        .map(str::to_string)
+                                        .unwrap_or_else(|| x.to_string())
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            other => other.to_string(),
+                        };
+                        t.add_row(vec![k, shown]);
+                    }
+                }
+                format!("{t}\n")
+            }
+        };
+        self.stdout(&text)
     }
 
     /// Print a rotation result (or dry-run plan) on stdout in `format`.
@@ -309,4 +381,123 @@ fn render_table(r: &RotationReport, now: OffsetDateTime) -> String {
         out.push_str(&format!("Refused: {e}\n"));
     }
     out
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct HistoryStep<'a> {
+    seq: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<usize>,
+    step: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_key_id: Option<String>,
+    phase: &'static str,
+    detail: String,
+    at: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct HistoryRun<'a> {
+    run_id: &'a str,
+    account: &'a str,
+    user_name: &'a str,
+    mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<&'a str>,
+    status: &'static str,
+    started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_access_key_id: Option<String>,
+    plan: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    steps: Vec<HistoryStep<'a>>,
+}
+
+fn history_view(r: &RunRecord) -> HistoryRun<'_> {
+    HistoryRun {
+        run_id: &r.meta.run_id,
+        account: &r.meta.account,
+        user_name: &r.meta.user_name,
+        mode: match r.meta.target {
+            crate::plan::Target::User => "user",
+            crate::plan::Target::Profile { .. } => "profile",
+        },
+        profile: r.meta.profile.as_deref(),
+        status: r.status.as_str(),
+        started_at: rfc3339(r.meta.started_at),
+        finished_at: r.finished_at.map(rfc3339),
+        new_access_key_id: r.new_key_id.as_deref().map(mask_key_id),
+        plan: r.meta.plan.steps.iter().map(|s| s.name()).collect(),
+        error: r.error.as_deref().map(mask_key_ids_in),
+        steps: r
+            .steps
+            .iter()
+            .map(|s| HistoryStep {
+                seq: s.seq,
+                index: s.index,
+                step: &s.step,
+                access_key_id: s.access_key_id.as_deref().map(mask_key_id),
+                phase: s.phase.as_str(),
+                detail: mask_key_ids_in(&s.detail),
+                at: rfc3339(s.at),
+            })
+            .collect(),
+    }
+}
+
+/// Render journal runs; every key id is masked to its last four characters.
+pub fn render_history(runs: &[RunRecord], format: HistoryFormat) -> String {
+    let views: Vec<HistoryRun<'_>> = runs.iter().map(history_view).collect();
+    match format {
+        HistoryFormat::Json => {
+            let mut s = serde_json::to_string_pretty(&serde_json::json!({ "Runs": views }))
+                .expect("history serializes");
+            s.push('\n');
+            s
+        }
+        HistoryFormat::Table => {
+            if views.is_empty() {
+                return "No rotations in the journal.\n".into();
+            }
+            let mut t = new_table();
+            t.set_header(vec![
+                "Run", "Started", "Account", "User", "Mode", "Status", "New key", "Steps",
+            ]);
+            for (v, r) in views.iter().zip(runs) {
+                let (done, _, _) = r.progress();
+                let steps = v
+                    .plan
+                    .iter()
+                    .zip(done.iter())
+                    .map(|(name, d)| format!("{name} {}", if *d { "ok" } else { "-" }))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let status = match &v.error {
+                    Some(e) => format!("{}: {e}", v.status),
+                    None => v.status.to_string(),
+                };
+                t.add_row(vec![
+                    v.run_id.to_string(),
+                    r.meta
+                        .started_at
+                        .format(time::macros::format_description!(
+                            "[year]-[month]-[day] [hour]:[minute]:[second]"
+                        ))
+                        .unwrap_or_default(),
+                    v.account.to_string(),
+                    v.user_name.to_string(),
+                    v.mode.to_string(),
+                    status,
+                    v.new_access_key_id.clone().unwrap_or_else(|| "-".into()),
+                    steps,
+                ]);
+            }
+            format!("{t}\n")
+        }
+    }
 }

@@ -6,6 +6,7 @@
 
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -24,6 +25,11 @@ pub struct RemoteConfig {
 impl RemoteConfig {
     /// Load the SDK configuration (credentials are resolved lazily, on the first call).
     pub async fn load(&self) -> SdkConfig {
+        self.load_with(None).await
+    }
+
+    /// Like [`RemoteConfig::load`], signing with `credentials` instead of the chain.
+    pub async fn load_with(&self, credentials: Option<Credentials>) -> SdkConfig {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             // Standard retries with jittered backoff; IAM throttles at a few requests per
             // second per account, so allow more attempts than the SDK's default three.
@@ -41,6 +47,9 @@ impl RemoteConfig {
         }
         if let Some(u) = &self.endpoint_url {
             loader = loader.endpoint_url(u);
+        }
+        if let Some(c) = credentials {
+            loader = loader.credentials_provider(c);
         }
         let cfg = loader.load().await;
         if cfg.region().is_none() {

@@ -37,6 +37,8 @@ impl fmt::Display for SecretKey {
     }
 }
 
+impl Eq for SecretKey {}
+
 impl PartialEq for SecretKey {
     fn eq(&self, other: &Self) -> bool {
         self.expose() == other.expose()
@@ -52,6 +54,31 @@ pub fn mask_key_id(id: &str) -> String {
     }
     let tail: String = id.chars().skip(n - 4).collect();
     format!("{}{}", "*".repeat(n - 4), tail)
+}
+
+/// Mask every access key id (`AKIA…`/`ASIA…` followed by 16 upper-case letters or
+/// digits) inside free text, e.g. journal step details shown by `history`.
+pub fn mask_key_ids_in(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < b.len() {
+        let is_key = i + 20 <= b.len()
+            && (b[i..].starts_with(b"AKIA") || b[i..].starts_with(b"ASIA"))
+            && b[i + 4..i + 20]
+                .iter()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            && b.get(i + 20).is_none_or(|c| !c.is_ascii_alphanumeric());
+        if is_key {
+            out.push_str(&mask_key_id(&text[i..i + 20]));
+            i += 20;
+        } else {
+            let ch = text[i..].chars().next().expect("char boundary");
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -71,5 +98,18 @@ mod tests {
     fn masks_all_but_last_four() {
         assert_eq!(mask_key_id("AKIAIOSFODNN7EXAMPLE"), "****************MPLE");
         assert_eq!(mask_key_id("ABC"), "ABC");
+    }
+
+    #[test]
+    fn masks_key_ids_in_text() {
+        assert_eq!(
+            mask_key_ids_in("created AKIAIOSFODNN7EXAMPLE, deleted ASIA0123456789ABCDEF."),
+            "created ****************MPLE, deleted ****************CDEF."
+        );
+        assert_eq!(mask_key_ids_in("AKIA short"), "AKIA short");
+        assert_eq!(
+            mask_key_ids_in("ünï AKIAIOSFODNN7EXAMPLEX"),
+            "ünï AKIAIOSFODNN7EXAMPLEX"
+        );
     }
 }

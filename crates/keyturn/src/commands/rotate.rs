@@ -1,73 +1,311 @@
-//! `keyturn rotate`: replace one IAM user's access key.
+//! `keyturn rotate`: replace one IAM user's access key, or the key a profile uses.
 //!
-//! Reads the inventory, asks the planner, and (unless `--dry-run`) runs the plan
-//! through the [`crate::engine::Engine`] with a journal, then delivers the new key.
+//! `--user NAME` rotates that user's key, calling AWS as the caller. `--profile NAME`
+//! alone rotates the caller's own key: the static key of that profile (following a
+//! role profile to its `source_profile` when allowed), written back into every
+//! profile that holds it. Both read the inventory, ask the planner, and (unless
+//! `--dry-run`) run the plan through the [`crate::engine::Engine`] with a journal.
 
 use crate::aws::{KeyApi, SdkKeyApi};
-use crate::engine::{Engine, Progress};
+use crate::credfile::{FileProfileWriter, ProfileSource, SharedFiles};
+use crate::engine::{Engine, ProfileWriter, Progress};
 use crate::error::{exit, Error, Result};
 use crate::journal::{Delivery, Journal, RunMeta, RunStatus};
 use crate::model::{Inventory, Usage};
-use crate::plan::{plan_rotation, PlanOptions, Target};
+use crate::plan::{plan_rotation, PlanOptions, Refusal, Target};
 use crate::printer::{OutputFormat, Printer};
 use crate::remote::RemoteConfig;
-use crate::report::{ActionRecord, RotationReport, VerificationSummary};
+use crate::report::{ActionRecord, ProfileUpdate, RotationReport, VerificationSummary};
 use crate::verify::VerifyPolicy;
+use aws_credential_types::Credentials;
 use time::OffsetDateTime;
+
+/// Whose key to rotate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotateTarget {
+    /// `--user NAME`.
+    User(String),
+    /// `--profile NAME` without `--user`: the profile's own key.
+    OwnProfile(String),
+}
 
 /// Validated settings of one `rotate` invocation.
 #[derive(Debug, Clone)]
 pub struct RotateSettings {
     pub remote: RemoteConfig,
-    /// The IAM user to rotate.
-    pub user: String,
+    pub target: RotateTarget,
     pub options: PlanOptions,
     pub dry_run: bool,
     pub output: OutputFormat,
     pub verify: VerifyPolicy,
+    /// Profile mode: a role profile may be followed to its `source_profile`.
+    pub source_profile_ok: bool,
+    /// Profile mode: the MFA code for a profile with `mfa_serial`.
+    pub mfa_code: Option<String>,
+    /// stdin and stderr are a terminal: confirmations may be asked.
+    pub interactive: bool,
 }
 
-/// Run `keyturn rotate --user`.
+/// The resolved subject of one rotation.
+struct Subject<'a> {
+    user: String,
+    account: String,
+    target: Target,
+    writer: Option<&'a FileProfileWriter>,
+    retire_with_new_key: bool,
+    /// Self-rotation: the profile named on the command line, and its MFA device.
+    profile: Option<String>,
+    mfa_serial: Option<String>,
+}
+
+/// Run `keyturn rotate`.
 pub async fn rotate<J: Journal>(
     settings: &RotateSettings,
     journal: &J,
     printer: &Printer,
 ) -> Result<i32> {
-    let config = settings.remote.load().await;
-    let api = SdkKeyApi::new(&config);
-    rotate_with(&api, settings, journal, printer).await
+    match &settings.target {
+        RotateTarget::User(_) => {
+            let config = settings.remote.load().await;
+            let api = SdkKeyApi::new(&config);
+            rotate_with(&api, settings, journal, printer).await
+        }
+        RotateTarget::OwnProfile(name) => {
+            rotate_own_profile(name, settings, journal, printer).await
+        }
+    }
 }
 
-/// [`rotate`] over any [`KeyApi`] (unit tests pass a fake).
+/// `rotate --user` over any [`KeyApi`] (unit tests pass a fake).
 pub async fn rotate_with<A: KeyApi, J: Journal>(
     api: &A,
     settings: &RotateSettings,
     journal: &J,
     printer: &Printer,
 ) -> Result<i32> {
+    let RotateTarget::User(user) = &settings.target else {
+        return Err(Error::InvalidInput("rotate_with needs --user".into()));
+    };
     let caller = api.whoami().await?;
     tracing::debug!(caller = %caller.arn, "calling AWS as");
-    let keys = api.list_keys(&settings.user).await?;
+    let subject = Subject {
+        user: user.clone(),
+        account: caller.account,
+        target: Target::User,
+        writer: None,
+        retire_with_new_key: false,
+        profile: None,
+        mfa_serial: None,
+    };
+    run(api, subject, settings, journal, printer).await
+}
+
+/// Follow `name` to the profile whose static key is rotated (itself, or the
+/// `source_profile` of a role profile when allowed). Refusals are exit 2.
+fn rotatable_profile(
+    files: &SharedFiles,
+    name: &str,
+    settings: &RotateSettings,
+    printer: &Printer,
+) -> Result<String> {
+    let mut current = name.to_string();
+    for _ in 0..5 {
+        match files.source(&current)? {
+            ProfileSource::Static { .. } => return Ok(current),
+            ProfileSource::AssumeRole {
+                role_arn,
+                source_profile: Some(source),
+            } => {
+                let msg = format!(
+                    "profile '{current}' assumes role {role_arn}; its long-term key belongs to source_profile '{source}'"
+                );
+                let allowed = settings.source_profile_ok
+                    || (settings.interactive
+                        && printer.confirm(&format!("{msg}. Rotate the key of '{source}' instead?")));
+                if !allowed {
+                    return Err(Error::InvalidInput(format!(
+                        "{msg}. Re-run with --source-profile-ok to rotate '{source}' instead (or rotate it with --profile {source}); nothing was changed"
+                    )));
+                }
+                printer.status(&format!("keyturn: {msg}; rotating the key of '{source}'"));
+                current = source;
+            }
+            ProfileSource::AssumeRole { role_arn, .. } => {
+                return Err(Error::InvalidInput(format!(
+                    "profile '{current}' assumes role {role_arn} without a source_profile (credential_source?); it has no key keyturn can rotate"
+                )))
+            }
+            ProfileSource::Temporary => {
+                return Err(Error::InvalidInput(format!(
+                    "profile '{current}' holds temporary credentials (aws_session_token or an ASIA key); they expire on their own. Rotate the long-term key they were made from instead"
+                )))
+            }
+            ProfileSource::Sso => {
+                return Err(Error::InvalidInput(format!(
+                    "profile '{current}' uses IAM Identity Center (SSO); it has no access key to rotate. Use `aws sso login` to refresh it"
+                )))
+            }
+            ProfileSource::Process => {
+                return Err(Error::InvalidInput(format!(
+                    "profile '{current}' gets credentials from credential_process; rotate them in the tool that process calls"
+                )))
+            }
+            ProfileSource::Empty => {
+                return Err(Error::InvalidInput(format!(
+                    "profile '{current}' has no aws_access_key_id/aws_secret_access_key pair to rotate"
+                )))
+            }
+        }
+    }
+    Err(Error::InvalidInput(format!(
+        "profile '{name}': source_profile chain is longer than 5 profiles (a loop?)"
+    )))
+}
+
+async fn rotate_own_profile<J: Journal>(
+    name: &str,
+    settings: &RotateSettings,
+    journal: &J,
+    printer: &Printer,
+) -> Result<i32> {
+    let writer = FileProfileWriter::from_env();
+    let files = SharedFiles::load(&writer.credentials, &writer.config)?;
+    let profile = rotatable_profile(&files, name, settings, printer)?;
+    let ProfileSource::Static { key_id, secret } = files.source(&profile)? else {
+        return Err(Error::Runtime(format!(
+            "profile '{profile}' has no static key"
+        )));
+    };
+    // Region and endpoint settings come from the named profile; the credentials are
+    // the static key being rotated (never an assumed role).
+    let mut remote = settings.remote.clone();
+    remote.profile = Some(name.to_string());
+    let creds = Credentials::new(&key_id, secret.expose(), None, None, "keyturn-profile");
+    let base = SdkKeyApi::new(&remote.load_with(Some(creds)).await);
+    let caller = base.whoami().await?;
+    let Some(user) = caller.user_name().map(str::to_string) else {
+        return Err(Error::InvalidInput(format!(
+            "the key of profile '{profile}' authenticates as {}, not as an IAM user; keyturn rotates IAM user keys only (root keys should be deleted, not rotated)",
+            caller.arn
+        )));
+    };
+    let mfa_serial = files
+        .get(&profile, "mfa_serial")
+        .or_else(|| files.get(name, "mfa_serial"));
+    let iam = match &mfa_serial {
+        None => base.clone(),
+        Some(serial) => {
+            let code = match &settings.mfa_code {
+                Some(c) => c.clone(),
+                None if settings.interactive => printer.ask(&format!("MFA code for {serial}: ")),
+                None => {
+                    return Err(Error::InvalidInput(format!(
+                        "profile '{profile}' has mfa_serial {serial}: pass --mfa-code CODE (IAM calls use an MFA session from the current key)"
+                    )))
+                }
+            };
+            let session = base.session_with_mfa(serial, code.trim()).await?;
+            printer.status(&format!("keyturn: using an MFA session for {serial}"));
+            base.with_session(&session)
+        }
+    };
+    let subject = Subject {
+        user,
+        account: caller.account,
+        target: Target::Profile { in_use_key: key_id },
+        writer: Some(&writer),
+        // With MFA the new key alone may lack permission (policies requiring MFA),
+        // so the MFA session retires the old key; the new key was verified already.
+        retire_with_new_key: mfa_serial.is_none(),
+        profile: Some(name.to_string()),
+        mfa_serial,
+    };
+    run(&iam, subject, settings, journal, printer).await
+}
+
+/// Lock the user (unless dry run), then [`plan_and_run`]; the lock is released on
+/// any exit before the run is recorded, and by `finish` after.
+async fn run<A: KeyApi, J: Journal>(
+    api: &A,
+    subject: Subject<'_>,
+    settings: &RotateSettings,
+    journal: &J,
+    printer: &Printer,
+) -> Result<i32> {
+    if settings.dry_run {
+        return plan_and_run(api, subject, None, settings, journal, printer).await;
+    }
+    let run_id = crate::journal::new_run_id();
+    let (account, user) = (subject.account.clone(), subject.user.clone());
+    journal.lock(&account, &user, &run_id).await?;
+    let mut begun = false;
+    let result = plan_and_run(
+        api,
+        subject,
+        Some((&run_id, &mut begun)),
+        settings,
+        journal,
+        printer,
+    )
+    .await;
+    if !begun {
+        journal.unlock(&account, &user, &run_id).await?;
+    }
+    result
+}
+
+/// Inventory -> plan -> (dry run | engine) -> delivery, for either mode.
+async fn plan_and_run<A: KeyApi, J: Journal>(
+    api: &A,
+    subject: Subject<'_>,
+    run: Option<(&str, &mut bool)>,
+    settings: &RotateSettings,
+    journal: &J,
+    printer: &Printer,
+) -> Result<i32> {
+    let keys = api.list_keys(&subject.user).await?;
     let mut inventory = Inventory {
-        user_name: settings.user.clone(),
+        user_name: subject.user.clone(),
         keys,
     };
-    let target = Target::User;
+    let target = subject.target.clone();
     let now = OffsetDateTime::now_utc();
-    let planned = plan_rotation(&inventory, &target, &settings.options, now);
+    let mut options = settings.options.clone();
+    let mut planned = plan_rotation(&inventory, &target, &options, now);
 
     // Refusals and dry runs show each key's last use, which costs one call per key;
     // a plain rotation does not need it.
     if planned.is_err() || settings.dry_run {
         enrich_usage(api, &mut inventory).await?;
+        planned = plan_rotation(&inventory, &target, &options, now);
     }
-    let planned = plan_rotation(&inventory, &target, &settings.options, now);
+    if let Err(Refusal::EvictNeedsConfirmation { other, .. }) = &planned {
+        if settings.interactive && !settings.dry_run {
+            printer.status(&format!("keyturn: {}", planned.as_ref().unwrap_err()));
+            if printer.confirm(&format!("Delete {} now?", other.access_key_id)) {
+                options.confirmed_evict = true;
+                planned = plan_rotation(&inventory, &target, &options, now);
+            }
+        }
+    }
 
     if settings.dry_run {
+        let profiles_updated = match (&subject.writer, &target) {
+            (Some(w), Target::Profile { in_use_key }) => w
+                .holders(in_use_key)?
+                .into_iter()
+                .map(|(file, profile)| ProfileUpdate {
+                    file,
+                    profile,
+                    removed_session_token: false,
+                })
+                .collect(),
+            _ => vec![],
+        };
         let report = RotationReport {
             run_id: None,
-            account: Some(caller.account.clone()),
-            user_name: settings.user.clone(),
+            account: Some(subject.account.clone()),
+            user_name: subject.user.clone(),
             mode: target,
             dry_run: true,
             inventory: inventory.keys.clone(),
@@ -77,7 +315,7 @@ pub async fn rotate_with<A: KeyApi, J: Journal>(
                 .unwrap_or_default(),
             new_key: None,
             verification: None,
-            profiles_updated: vec![],
+            profiles_updated,
             error: planned.as_ref().err().map(|e| e.to_string()),
         };
         printer
@@ -89,27 +327,41 @@ pub async fn rotate_with<A: KeyApi, J: Journal>(
         };
     }
     let plan = planned?;
-    let meta = RunMeta {
-        run_id: crate::journal::new_run_id(),
-        account: caller.account.clone(),
-        user_name: settings.user.clone(),
-        target,
-        options: settings.options.clone(),
-        plan,
-        inventory: inventory.keys.clone(),
-        delivery: Delivery::Stdout {
+    let Some((run_id, begun)) = run else {
+        return Err(Error::Runtime("a real run needs a run id".into()));
+    };
+    let delivery = match subject.writer {
+        Some(w) => Delivery::Profiles {
+            files: vec![w.credentials.clone(), w.config.clone()],
             format: settings.output.as_str().into(),
         },
+        None => Delivery::Stdout {
+            format: settings.output.as_str().into(),
+        },
+    };
+    let meta = RunMeta {
+        run_id: run_id.to_string(),
+        account: subject.account.clone(),
+        user_name: subject.user.clone(),
+        target,
+        options,
+        plan,
+        inventory: inventory.keys.clone(),
+        delivery,
         remote: (&settings.remote).into(),
         verify_timeout_secs: settings.verify.timeout.as_secs(),
         started_at: now,
+        profile: subject.profile.clone(),
+        mfa_serial: subject.mfa_serial.clone(),
     };
     journal.begin(&meta).await?;
+    *begun = true;
     let engine = Engine {
         api,
         journal,
         verify: settings.verify,
-        profiles: None,
+        profiles: subject.writer.map(|w| w as &dyn ProfileWriter),
+        retire_with_new_key: subject.retire_with_new_key,
     };
     let mut progress = Progress::default();
     let result = engine.execute(&meta, &mut progress).await;
@@ -202,7 +454,7 @@ mod tests {
     fn settings(o: PlanOptions) -> RotateSettings {
         RotateSettings {
             remote: RemoteConfig::default(),
-            user: "ci-bot".into(),
+            target: RotateTarget::User("ci-bot".into()),
             options: o,
             dry_run: false,
             output: OutputFormat::Json,
@@ -210,6 +462,9 @@ mod tests {
                 timeout: Duration::from_secs(60),
                 ..VerifyPolicy::default()
             },
+            source_profile_ok: false,
+            mfa_code: None,
+            interactive: false,
         }
     }
 

@@ -6,12 +6,20 @@
 //! backend. The trait is async and keyed by (account, user) so a networked backend
 //! (DynamoDB, for Lambda and multi-runner setups) can implement it unchanged.
 //! [`NullJournal`] records nothing (used by `--dry-run` and unit tests).
+//!
+//! Secrets are sealed by [`seal::Sealer`] (AES-256-GCM with a local key file, or a KMS
+//! data key) before they are written, and erased once every output has the key.
+
+pub mod process;
+pub mod seal;
+pub mod sqlite;
 
 use crate::aws::NewKey;
 use crate::error::Result;
 use crate::model::AccessKeyInfo;
 use crate::plan::{Plan, PlanOptions, Step, Target};
 use crate::remote::RemoteConfig;
+use crate::secret::SecretKey;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use time::OffsetDateTime;
@@ -47,6 +55,12 @@ pub struct RunMeta {
     pub remote: RemoteMeta,
     /// Verification timeout in seconds.
     pub verify_timeout_secs: u64,
+    /// Self-rotation: the profile named on the command line.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Self-rotation: the MFA device whose session makes the IAM calls.
+    #[serde(default)]
+    pub mfa_serial: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
 }
@@ -105,13 +119,131 @@ impl RunStatus {
     }
 }
 
+impl RunStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => RunStatus::Running,
+            "succeeded" => RunStatus::Succeeded,
+            "failed" => RunStatus::Failed,
+            "failed-after-delivery" => RunStatus::FailedAfterDelivery,
+            "rolled-back" => RunStatus::RolledBack,
+            _ => return None,
+        })
+    }
+}
+
+/// What a step record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepPhase {
+    /// About to perform the step (written before the AWS call).
+    Intent,
+    /// The step finished.
+    Done,
+    /// The step failed.
+    Failed,
+    /// A compensation or resume event outside the plan.
+    Note,
+}
+
+impl StepPhase {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StepPhase::Intent => "intent",
+            StepPhase::Done => "done",
+            StepPhase::Failed => "failed",
+            StepPhase::Note => "note",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "intent" => StepPhase::Intent,
+            "done" => StepPhase::Done,
+            "failed" => StepPhase::Failed,
+            "note" => StepPhase::Note,
+            _ => return None,
+        })
+    }
+}
+
+/// One journaled step event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StepRecord {
+    pub seq: u32,
+    /// Index in the plan (`None` for notes).
+    pub index: Option<usize>,
+    pub step: String,
+    pub access_key_id: Option<String>,
+    pub phase: StepPhase,
+    pub detail: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// A run as stored: its meta, status and every step event.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub meta: RunMeta,
+    pub status: RunStatus,
+    pub new_key_id: Option<String>,
+    pub new_key_created: Option<OffsetDateTime>,
+    /// The sealed secret is still in the journal (not yet delivered everywhere).
+    pub holds_secret: bool,
+    pub finished_at: Option<OffsetDateTime>,
+    pub error: Option<String>,
+    pub steps: Vec<StepRecord>,
+}
+
+impl RunRecord {
+    /// Plan indexes whose step finished, and the index of a step started but not
+    /// finished.
+    pub fn progress(&self) -> (Vec<bool>, Option<usize>, bool) {
+        let n = self.meta.plan.steps.len();
+        let mut done = vec![false; n];
+        let mut started = vec![false; n];
+        let mut failed = false;
+        for s in &self.steps {
+            let Some(i) = s.index.filter(|i| *i < n) else {
+                continue;
+            };
+            match s.phase {
+                StepPhase::Intent => started[i] = true,
+                StepPhase::Done => done[i] = true,
+                StepPhase::Failed => failed = true,
+                StepPhase::Note => {}
+            }
+        }
+        let pending = (0..n).find(|i| !done[*i]).filter(|i| started[*i]);
+        (done, pending, failed)
+    }
+}
+
 /// The journal backend contract.
 ///
 /// Durability rule: each method returns only once its record is durable, because the
 /// engine performs the AWS mutation right after `intent` returns.
 pub trait Journal: Send + Sync {
-    /// Record a new run and take the (account, user) lock. Fails with
-    /// [`crate::Error::Locked`] when a live process holds it.
+    /// Take the (account, user) lock for `run_id`. Fails with [`crate::Error::Locked`]
+    /// (exit 2) when a live process holds it, or when an interrupted run of this user
+    /// must be resumed first.
+    fn lock(
+        &self,
+        account: &str,
+        user: &str,
+        run_id: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Release the lock if `run_id` holds it.
+    fn unlock(
+        &self,
+        account: &str,
+        user: &str,
+        run_id: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Take over the lock of interrupted run `run_id` (its process is gone).
+    fn take_over(&self, run_id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Record a new run (its lock is held).
     fn begin(&self, meta: &RunMeta) -> impl Future<Output = Result<()>> + Send;
     /// About to perform step `idx`.
     fn intent(
@@ -154,6 +286,12 @@ pub trait Journal: Send + Sync {
         ok: bool,
         detail: &str,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Runs, newest first, optionally of one user.
+    fn runs(&self, user: Option<&str>) -> impl Future<Output = Result<Vec<RunRecord>>> + Send;
+    /// One run.
+    fn run(&self, run_id: &str) -> impl Future<Output = Result<Option<RunRecord>>> + Send;
+    /// The run's new secret, unsealed, while the journal still holds it.
+    fn secret(&self, run_id: &str) -> impl Future<Output = Result<Option<SecretKey>>> + Send;
 }
 
 /// A journal that records nothing.
@@ -161,6 +299,15 @@ pub trait Journal: Send + Sync {
 pub struct NullJournal;
 
 impl Journal for NullJournal {
+    async fn lock(&self, _: &str, _: &str, _: &str) -> Result<()> {
+        Ok(())
+    }
+    async fn unlock(&self, _: &str, _: &str, _: &str) -> Result<()> {
+        Ok(())
+    }
+    async fn take_over(&self, _: &str) -> Result<()> {
+        Ok(())
+    }
     async fn begin(&self, _: &RunMeta) -> Result<()> {
         Ok(())
     }
@@ -181,6 +328,15 @@ impl Journal for NullJournal {
     }
     async fn note(&self, _: &str, _: &str, _: bool, _: &str) -> Result<()> {
         Ok(())
+    }
+    async fn runs(&self, _: Option<&str>) -> Result<Vec<RunRecord>> {
+        Ok(vec![])
+    }
+    async fn run(&self, _: &str) -> Result<Option<RunRecord>> {
+        Ok(None)
+    }
+    async fn secret(&self, _: &str) -> Result<Option<SecretKey>> {
+        Ok(None)
     }
 }
 
@@ -204,4 +360,26 @@ pub fn new_run_id() -> String {
         now.second(),
         h.finish() & 0xff_ffff
     )
+}
+
+/// Where the journal lives and how its secrets are sealed (resolved settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalSettings {
+    pub path: std::path::PathBuf,
+    /// KMS key id/ARN/alias; `None` = the local key file beside the journal.
+    pub kms_key: Option<String>,
+}
+
+impl JournalSettings {
+    /// Open the SQLite journal; KMS calls (if any) go through `remote`.
+    pub async fn open(&self, remote: &RemoteConfig) -> Result<sqlite::SqliteJournal> {
+        let sealer = match &self.kms_key {
+            Some(key_id) => seal::Sealer::Kms {
+                client: aws_sdk_kms::Client::new(&remote.load().await),
+                key_id: key_id.clone(),
+            },
+            None => seal::Sealer::local_for(&self.path),
+        };
+        sqlite::SqliteJournal::open(&self.path, sealer)
+    }
 }
