@@ -584,7 +584,8 @@ def machine() -> str:
     awsv = cmd_out([AWS, "--version"]).split(" ")[0]
     hf = cmd_out([HYPERFINE, "--version"]) if HYPERFINE else "not installed (timing loop)"
     return (f"CPU {cpu}, {os.cpu_count()} cores, {mem_kib / 1024 / 1024:.0f} GiB RAM; {osname}; "
-            f"{cmd_out(['rustc', '--version'])}; {cmd_out([KEYTURN, '--version'])} (release); "
+            f"{cmd_out(['rustc', '--version'])}; {cmd_out([KEYTURN, '--version'])}"
+            f"{' (release build)' if '/release/' in KEYTURN else ''}; "
             f"Python {platform.python_version()}; moto {moto}; {awsv}; boto3 {boto3v}; {hf}")
 
 

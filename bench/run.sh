@@ -4,8 +4,8 @@
 # audit benchmark (bench/audit_bench.py) if it exists. See bench/README.md.
 #
 # Knobs (environment): BENCH_RUNS, BENCH_WARMUP, BENCH_COLD_RUNS, BENCH_USERS,
-# BENCH_CLI_USERS, BENCH_CEILING_SECS, BENCH_CEILING_THREADS; PYTHON (for the bench
-# venv), CARGO.
+# BENCH_CLI_USERS, BENCH_CEILING_SECS, BENCH_CEILING_THREADS; KEYTURN_BIN (measure this
+# binary instead of building one); PYTHON (for the bench venv), CARGO.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -50,11 +50,13 @@ if ((${#missing[@]})); then
     fi
 fi
 
-# keyturn in release mode (cargo skips this when it is up to date).
-log "building keyturn (release)"
-"$CARGO" build --release --locked --quiet -p keyturn-cli >&2
-KEYTURN_BIN=$ROOT/target/release/keyturn
-[[ -n ${CARGO_TARGET_DIR:-} ]] && KEYTURN_BIN=$CARGO_TARGET_DIR/release/keyturn
+# keyturn in release mode (cargo skips this when it is up to date), unless
+# KEYTURN_BIN names another build to measure.
+if [[ -z ${KEYTURN_BIN:-} ]]; then
+    log "building keyturn (release)"
+    "$CARGO" build --release --locked --quiet -p keyturn-cli >&2
+    KEYTURN_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/keyturn
+fi
 
 mkdir -p bench/results
 export KEYTURN_BIN EMULATOR_PYTHON=$ROOT/$EMU_PY AWS_CLI=$ROOT/$BENCH_VENV/bin/aws
