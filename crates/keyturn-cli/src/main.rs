@@ -42,6 +42,10 @@ async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
             let journal = keyturn::journal::NullJournal;
             keyturn::commands::rotate::rotate(&settings, &journal, printer).await
         }
+        Command::Audit(a) => {
+            let settings = a.resolve(&file)?;
+            keyturn::commands::audit::audit(&settings, printer).await
+        }
     }
 }
 

@@ -1,4 +1,5 @@
 //! One module per subcommand, each exposing one async function that takes validated
 //! settings and a [`crate::printer::Printer`] and returns the process exit code.
 
+pub mod audit;
 pub mod rotate;
