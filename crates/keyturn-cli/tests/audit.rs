@@ -367,6 +367,8 @@ fn profiles_and_roles_add_accounts_and_an_unassumable_role_is_an_error_row() {
                 "ops",
                 "--profile",
                 "ops-again",
+                "--profile",
+                "nope",
                 "--role-arn",
                 "arn:aws:iam::222222222222:role/Audit",
                 "--role-arn",
@@ -379,12 +381,21 @@ fn profiles_and_roles_add_accounts_and_an_unassumable_role_is_an_error_row() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| a["AccountId"].as_str().unwrap())
+        .map(|a| a["AccountId"].as_str().unwrap_or("-"))
         .collect();
     assert_eq!(
         ids,
-        ["111111111111", "222222222222", "333333333333"],
+        ["111111111111", "-", "222222222222", "333333333333"],
         "the same account through two profiles is audited once"
+    );
+    let missing = &v["Accounts"][1];
+    assert_eq!(missing["Via"], "profile:nope");
+    assert!(
+        missing["Error"]
+            .as_str()
+            .unwrap()
+            .contains("profile \"nope\" gave no credentials"),
+        "{missing:#}"
     );
     assert_eq!(account_entry(&v, "111111111111")["Via"], "profile:ops");
     assert_eq!(

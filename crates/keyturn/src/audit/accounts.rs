@@ -15,11 +15,11 @@
 
 use crate::aws::KeyApi;
 use crate::aws::SdkKeyApi;
-use crate::error::{AwsError, Error, Result};
+use crate::error::{chain, AwsError, AwsErrorKind, Error, Result};
 use crate::remote::RemoteConfig;
 use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::SdkConfig;
-use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
 use aws_sdk_organizations::types::{AccountState, AccountStatus};
 
@@ -186,11 +186,7 @@ pub async fn connect(
             .load()
             .await
             .into_builder()
-            .credentials_provider(SharedCredentialsProvider::new(
-                ProfileFileCredentialsProvider::builder()
-                    .profile_name(p)
-                    .build(),
-            ))
+            .credentials_provider(profile_credentials(p).await?)
             .build();
             let me = SdkKeyApi::new(&cfg).whoami().await?;
             Ok((me.account, cfg))
@@ -201,6 +197,26 @@ pub async fn connect(
             Ok((account, cfg))
         }
     }
+}
+
+/// The credentials of profile `name`, loaded once up front so that a missing or
+/// broken profile is reported as such (the SDK would only say "dispatch failure").
+async fn profile_credentials(name: &str) -> Result<SharedCredentialsProvider> {
+    let provider = ProfileFileCredentialsProvider::builder()
+        .profile_name(name)
+        .build();
+    if let Err(e) = provider.provide_credentials().await {
+        return Err(AwsError {
+            action: "loading profile credentials",
+            kind: AwsErrorKind::NoCredentials,
+            message: Some(format!(
+                "profile {name:?} gave no credentials (check the AWS config and credentials files): {}",
+                chain(&e)
+            )),
+        }
+        .into());
+    }
+    Ok(SharedCredentialsProvider::new(provider))
 }
 
 /// STS `AssumeRole` with the base credentials; the base configuration signing with

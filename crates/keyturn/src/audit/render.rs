@@ -30,19 +30,6 @@ pub enum Format {
     Html,
 }
 
-impl Format {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "table" => Self::Table,
-            "json" => Self::Json,
-            "csv" => Self::Csv,
-            "markdown" => Self::Markdown,
-            "html" => Self::Html,
-            _ => return None,
-        })
-    }
-}
-
 /// Render `report` in `format`. `color` only affects `table`.
 pub fn render(report: &AuditReport, format: Format, color: bool) -> String {
     match format {
