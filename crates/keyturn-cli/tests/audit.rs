@@ -323,6 +323,28 @@ fn every_account_failing_exits_1() {
         "{}",
         run.stdout
     );
+
+    // No Organization to list: one error row for the listing itself.
+    let run = audit(
+        &emu,
+        &[
+            "--organization",
+            "--role-name",
+            "KeyturnAudit",
+            "--format",
+            "json",
+        ],
+    );
+    run.assert_code(1);
+    let v = run.json();
+    assert_eq!(v["Accounts"][0]["Via"], "organization");
+    assert!(
+        v["Accounts"][0]["Error"]
+            .as_str()
+            .unwrap()
+            .contains("organizations:ListAccounts"),
+        "{v:#}"
+    );
 }
 
 #[test]

@@ -159,6 +159,17 @@ pub async fn organization_targets(
             _ => break,
         }
     }
+    if targets.is_empty() {
+        // An Organization always has its management account: nothing listed means the
+        // caller cannot see one, and "no findings" would be a false all-clear.
+        return Err(DiscoveryError {
+            via,
+            account_id: Some(caller.account),
+            error: Error::Runtime(
+                "organizations:ListAccounts listed no ACTIVE account: call from the Organization's management account or a delegated administrator".into(),
+            ),
+        });
+    }
     targets.sort_by_key(Target::known_account);
     Ok(targets)
 }

@@ -369,7 +369,7 @@ impl AuditReport {
     /// compliant (a finding, or an account that could not be audited), else 0.
     pub fn exit_code(&self) -> i32 {
         use crate::error::exit;
-        if !self.accounts.is_empty() && self.failed_accounts() == self.accounts.len() {
+        if self.failed_accounts() == self.accounts.len() {
             exit::FAILURE
         } else if self.findings() > 0 || self.failed_accounts() > 0 {
             exit::FINDINGS
@@ -409,16 +409,19 @@ pub async fn run(options: &AuditOptions) -> AuditReport {
     let mut targets: Vec<Target> = Vec::new();
     targets.extend(options.profiles.iter().cloned().map(Target::Profile));
     targets.extend(options.role_arns.iter().cloned().map(Target::Role));
-    let mut results: Vec<AccountResult> = Vec::new();
+    // Listing the Organization's accounts failed: one error row, after the others.
+    let mut discovery_error = None;
     if let Some(role) = &options.organization_role {
         match accounts::organization_targets(&base, role).await {
             Ok(t) => targets.extend(t),
-            Err(d) => results.push(AccountResult {
-                account_id: d.account_id,
-                alias: None,
-                via: d.via,
-                outcome: Err(d.error.to_string()),
-            }),
+            Err(d) => {
+                discovery_error = Some(AccountResult {
+                    account_id: d.account_id,
+                    alias: None,
+                    via: d.via,
+                    outcome: Err(d.error.to_string()),
+                })
+            }
         }
     } else if targets.is_empty() {
         targets.push(Target::Caller);
@@ -442,6 +445,7 @@ pub async fn run(options: &AuditOptions) -> AuditReport {
             Err(e) => tracing::error!("an account audit task failed: {e}"),
         }
     }
+    let mut results: Vec<AccountResult> = Vec::with_capacity(targets.len() + 1);
     for (target, r) in targets.iter().zip(audited) {
         results.push(r.unwrap_or_else(|| AccountResult {
             account_id: target.known_account(),
@@ -450,6 +454,7 @@ pub async fn run(options: &AuditOptions) -> AuditReport {
             outcome: Err("the audit task of this account failed (see the log)".into()),
         }));
     }
+    results.extend(discovery_error);
     // The same account reached twice (two profiles of one account, a profile for an
     // organization member): keep the first.
     let mut seen = std::collections::HashSet::new();
