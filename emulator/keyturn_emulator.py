@@ -757,6 +757,24 @@ def patch_credential_report() -> None:
     IamResponse.get_credential_report = get_credential_report_response
 
 
+def patch_account_summary_root_keys() -> None:
+    """GetAccountSummary's `AccountAccessKeysPresent` is 1 when the root user has an
+    access key (set with POST /_keyturn/root-access-key), as on AWS. moto always
+    answered 0, so a tool reading the summary could never see a root key that the
+    credential report shows."""
+    from moto.iam.models import AccountSummary
+
+    original = AccountSummary.summary_map
+
+    def summary_map(self):
+        summary = dict(original.fget(self))
+        present = self._iam_backend.account_id in STATE.root_keys
+        summary["AccountAccessKeysPresent"] = 1 if present else 0
+        return summary
+
+    AccountSummary.summary_map = property(summary_map)
+
+
 def apply_patches() -> None:
     patch_inactive_keys()
     patch_propagation_delay()
@@ -768,6 +786,7 @@ def apply_patches() -> None:
     patch_session_tokens()
     patch_organizations_member_role()
     patch_credential_report()
+    patch_account_summary_root_keys()
 
 
 # --------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 //! settings structs. Precedence: flag > environment variable > config file > default.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use keyturn::audit::render::Format;
+use keyturn::audit::{accounts::is_role_arn, AuditOptions, Policy, Source};
+use keyturn::commands::audit::AuditSettings;
 use keyturn::commands::history::HistorySettings;
 use keyturn::commands::resume::ResumeSettings;
 use keyturn::commands::rollback::RollbackSettings;
@@ -23,7 +26,7 @@ Exit codes:
   1  AWS or runtime failure (access denied, throttling after retries, verification failed)
   2  invalid input or safety guard (nothing was changed): unknown user, two-key limit
      with nothing eligible to free, missing --yes, bad flag values, lock held
-  3  audit only: findings present";
+  3  audit only: findings present (or an account could not be audited)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -84,6 +87,11 @@ pub enum Command {
     /// created. Refused (exit 2) when the run deleted the old key.
     #[command(after_help = EXIT_CODES)]
     Rollback(RollbackArgs),
+
+    /// Report access keys that break the rotation policy (too old, unused, two Active,
+    /// stale Inactive, root key), in one account, several, or a whole Organization.
+    #[command(after_help = AUDIT_AFTER_HELP)]
+    Audit(AuditArgs),
 }
 
 impl Cli {
@@ -352,6 +360,207 @@ impl RotateArgs {
             source_profile_ok: self.source_profile_ok,
             mfa_code: self.mfa_code.clone(),
             interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
+        })
+    }
+}
+
+const AUDIT_AFTER_HELP: &str = "\
+Findings (ages in whole days, as AWS Config's access-keys-rotated rule counts them):
+  too-old         Active key older than --max-age-days
+  unused          Active key not used for more than --max-unused-days (or never used
+                  and older than that); only with --max-unused-days
+  two-active      the user has two Active keys
+  stale-inactive  Inactive key older than --max-age-days: delete it
+  root-key        the root user has an access key
+  ok              compliant (listed in json and csv only)
+
+Exit codes:
+  0  every key in every account is compliant
+  1  no account could be audited (AWS failure in every account)
+  2  invalid input (bad flag values), nothing was called
+  3  findings present, or some account could not be audited (its error row says why)";
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SourceArg {
+    /// The IAM credential report (a few calls per account; may be up to 4 h old).
+    Report,
+    /// ListUsers + ListAccessKeys + GetAccessKeyLastUsed (live, key ids; one call per
+    /// user and key).
+    Api,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    Table,
+    Json,
+    Csv,
+    Markdown,
+    Html,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Audit the account of this AWS profile, with its credentials (repeatable). Without
+    /// --profile, --role-arn and --organization: the caller's account (default chain).
+    #[arg(long = "profile", value_name = "PROFILE")]
+    pub profiles: Vec<String>,
+
+    /// Audit the account of this IAM role, assumed with the default credential chain
+    /// (session name keyturn-audit; repeatable).
+    #[arg(long = "role-arn", value_name = "ARN")]
+    pub role_arns: Vec<String>,
+
+    /// Audit every ACTIVE account of the caller's Organization (ListAccounts), assuming
+    /// --role-name in each; the caller's own account is read with its own credentials.
+    #[arg(long, requires = "role_name")]
+    pub organization: bool,
+
+    /// The role to assume in each Organization account (with --organization).
+    #[arg(long, value_name = "NAME", requires = "organization")]
+    pub role_name: Option<String>,
+
+    /// Active keys older than this are too-old, Inactive ones stale-inactive [default:
+    /// 90; config: audit.max_age_days].
+    #[arg(long, env = "KEYTURN_AUDIT_MAX_AGE_DAYS", value_name = "DAYS",
+          value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub max_age_days: Option<u32>,
+
+    /// Active keys not used for more than this many days (or never used and older) are
+    /// unused [default: off; config: audit.max_unused_days].
+    #[arg(long, env = "KEYTURN_AUDIT_MAX_UNUSED_DAYS", value_name = "DAYS",
+          value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub max_unused_days: Option<u32>,
+
+    /// Only users whose IAM path starts with this (e.g. /bots/). The root user is
+    /// checked only for the whole account (/).
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub user_path: String,
+
+    /// Where to read keys: the credential report, or the IAM API. The report falls back
+    /// to the API (with a warning) when it is denied.
+    #[arg(long, value_enum, default_value = "report", value_name = "SOURCE")]
+    pub source: SourceArg,
+
+    /// Output format. json and csv list compliant keys too (finding ok).
+    #[arg(long, value_enum, default_value = "table", value_name = "FORMAT")]
+    pub format: FormatArg,
+
+    /// Write the output to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+
+    /// Accounts audited at once, and requests in flight per account with --source api
+    /// (1-64) [default: 8; config: audit.concurrency].
+    #[arg(long, env = "KEYTURN_AUDIT_CONCURRENCY", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: Option<u16>,
+
+    /// AWS region to sign requests for (also AWS_REGION; IAM is global) [default: from
+    /// the profile, else us-east-1].
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Send AWS requests to this endpoint (also AWS_ENDPOINT_URL), e.g. a local emulator.
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+}
+
+/// IAM role names: 1-64 of `A-Za-z0-9+=,.@_-`.
+fn valid_role_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+}
+
+/// IAM paths: `/`, or `/` + printable ASCII + `/`, at most 512 characters.
+fn valid_user_path(p: &str) -> bool {
+    p.len() <= 512
+        && p.starts_with('/')
+        && p.ends_with('/')
+        && p.chars().all(|c| ('!'..='~').contains(&c))
+}
+
+impl AuditArgs {
+    pub fn resolve(&self, file: &FileConfig) -> Result<AuditSettings> {
+        let bad = |m: String| Err(Error::InvalidInput(m));
+        let max_age_days = self.max_age_days.or(file.audit.max_age_days).unwrap_or(90);
+        if !(1..=36500).contains(&max_age_days) {
+            return bad(format!(
+                "config audit.max_age_days = {max_age_days}: expected 1-36500"
+            ));
+        }
+        let max_unused_days = self.max_unused_days.or(file.audit.max_unused_days);
+        if let Some(d) = max_unused_days.filter(|d| !(1..=36500).contains(d)) {
+            return bad(format!(
+                "config audit.max_unused_days = {d}: expected 1-36500"
+            ));
+        }
+        let concurrency = self
+            .concurrency
+            .map(usize::from)
+            .or(file.audit.concurrency)
+            .unwrap_or(8);
+        if !(1..=64).contains(&concurrency) {
+            return bad(format!(
+                "config audit.concurrency = {concurrency}: expected 1-64"
+            ));
+        }
+        if !valid_user_path(&self.user_path) {
+            return bad(format!(
+                "--user-path {:?}: an IAM path starts and ends with / (e.g. / or /bots/)",
+                self.user_path
+            ));
+        }
+        if let Some(p) = self.profiles.iter().find(|p| p.trim().is_empty()) {
+            return bad(format!("--profile {p:?}: a profile name must not be empty"));
+        }
+        if let Some(a) = self.role_arns.iter().find(|a| !is_role_arn(a)) {
+            return bad(format!(
+                "--role-arn {a:?}: expected an IAM role ARN like arn:aws:iam::123456789012:role/NAME"
+            ));
+        }
+        if let Some(n) = self.role_name.as_deref().filter(|n| !valid_role_name(n)) {
+            return bad(format!(
+                "--role-name {n:?}: expected an IAM role name (1-64 of A-Z a-z 0-9 + = , . @ _ -)"
+            ));
+        }
+        let color = self.out.is_none()
+            && std::io::IsTerminal::is_terminal(&std::io::stdout())
+            && std::env::var_os("NO_COLOR").is_none();
+        Ok(AuditSettings {
+            options: AuditOptions {
+                remote: RemoteConfig {
+                    profile: None,
+                    region: self.region.clone(),
+                    endpoint_url: self.endpoint_url.clone(),
+                },
+                profiles: self.profiles.clone(),
+                role_arns: self.role_arns.clone(),
+                organization_role: if self.organization {
+                    self.role_name.clone()
+                } else {
+                    None
+                },
+                policy: Policy {
+                    max_age_days,
+                    max_unused_days,
+                },
+                user_path: self.user_path.clone(),
+                source: match self.source {
+                    SourceArg::Report => Source::Report,
+                    SourceArg::Api => Source::Api,
+                },
+                concurrency,
+            },
+            format: match self.format {
+                FormatArg::Table => Format::Table,
+                FormatArg::Json => Format::Json,
+                FormatArg::Csv => Format::Csv,
+                FormatArg::Markdown => Format::Markdown,
+                FormatArg::Html => Format::Html,
+            },
+            out: self.out.clone(),
+            color,
         })
     }
 }

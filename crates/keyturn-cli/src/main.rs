@@ -62,6 +62,10 @@ async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
             let j = journal.open(&settings.remote).await?;
             rollback::rollback(&settings, &j, printer).await
         }
+        Command::Audit(a) => {
+            let settings = a.resolve(&file)?;
+            keyturn::commands::audit::audit(&settings, printer).await
+        }
     }
 }
 

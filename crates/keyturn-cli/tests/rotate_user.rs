@@ -581,3 +581,42 @@ fn bad_or_missing_caller_credentials_exit_1_with_advice() {
     );
     assert_eq!(emu.keys("ci-bot"), [active(&k1.id)]);
 }
+
+#[test]
+fn explicit_profile_wins_over_environment_credentials() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    emu.create_key("ci-bot");
+    emu.create_user_with_policy(
+        "reader",
+        json!({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": ["iam:ListAccessKeys", "sts:GetCallerIdentity"],
+            "Resource": "*"}]}),
+    );
+    let reader = emu.create_key("reader");
+    let creds_file = emu.dir.path().join("creds");
+    std::fs::write(
+        &creds_file,
+        format!(
+            "[admin]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            emu.admin.id, emu.admin.secret
+        ),
+    )
+    .unwrap();
+    // The environment holds a key that may not create keys; --profile admin must win.
+    let run = emu.run(
+        emu.keyturn_as(&reader)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &creds_file)
+            .args(["rotate", "--user", "ci-bot", "--profile", "admin"]),
+    );
+    run.assert_code(0);
+    assert_eq!(emu.keys("ci-bot").len(), 2);
+    // Without --profile the environment's key is used (and denied).
+    let run = emu.run(
+        emu.keyturn_as(&reader)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &creds_file)
+            .args(["rotate", "--user", "reader"]),
+    );
+    run.assert_code(1);
+    assert!(run.stderr.contains("iam:CreateAccessKey"), "{}", run.stderr);
+}

@@ -8,8 +8,10 @@
 //! - [`aws`], [`remote`]: the AWS calls behind a trait, and how to reach AWS;
 //! - [`journal`]: the durable record that makes rotations resumable;
 //! - [`printer`], [`report`]: the one place output is produced;
+//! - [`audit`]: the access-key audit rules, sources and output formats;
 //! - [`commands`]: one module per subcommand.
 
+pub mod audit;
 pub mod aws;
 pub mod commands;
 pub mod config;

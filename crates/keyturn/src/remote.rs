@@ -2,8 +2,11 @@
 //!
 //! Resolved once per command into an `SdkConfig` with the SDK's full default
 //! credential chain (environment, shared files and SSO, web identity, ECS, IMDS), so a
-//! flag always wins over the environment and the environment over the files.
+//! flag always wins over the environment and the environment over the files. An
+//! explicit `--profile` selects that profile's credentials (static keys, role chains,
+//! SSO, `credential_process`) even when `AWS_ACCESS_KEY_ID` is set, as the AWS CLI does.
 
+use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
@@ -48,8 +51,18 @@ impl RemoteConfig {
         if let Some(u) = &self.endpoint_url {
             loader = loader.endpoint_url(u);
         }
-        if let Some(c) = credentials {
-            loader = loader.credentials_provider(c);
+        match (credentials, &self.profile) {
+            (Some(c), _) => loader = loader.credentials_provider(c),
+            // As in the AWS CLI, an explicit --profile wins over credentials in the
+            // environment (the SDK's default chain would look at AWS_ACCESS_KEY_ID first).
+            (None, Some(p)) => {
+                loader = loader.credentials_provider(
+                    ProfileFileCredentialsProvider::builder()
+                        .profile_name(p)
+                        .build(),
+                )
+            }
+            (None, None) => {}
         }
         let cfg = loader.load().await;
         if cfg.region().is_none() {

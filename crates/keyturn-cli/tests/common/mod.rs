@@ -214,6 +214,15 @@ impl Emulator {
         self.post("/_keyturn/access-key", body);
     }
 
+    /// Bulk-create users and keys in `account` (`/_keyturn/seed`; `users` is its
+    /// `users` array). Keys made this way were never used by a request.
+    pub fn seed(&self, account: &str, users: Value) -> Value {
+        self.post(
+            "/_keyturn/seed",
+            json!({ "account_id": account, "users": users }),
+        )
+    }
+
     /// New keys fail authentication for this long (IAM eventual consistency).
     pub fn propagation_delay(&self, seconds: f64) {
         self.post("/_keyturn/propagation-delay", json!({ "seconds": seconds }));

@@ -1,6 +1,7 @@
 //! One module per subcommand, each exposing one async function that takes validated
 //! settings and a [`crate::printer::Printer`] and returns the process exit code.
 
+pub mod audit;
 pub mod history;
 pub mod resume;
 pub mod rollback;
