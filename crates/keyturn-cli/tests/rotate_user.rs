@@ -620,3 +620,47 @@ fn explicit_profile_wins_over_environment_credentials() {
     run.assert_code(1);
     assert!(run.stderr.contains("iam:CreateAccessKey"), "{}", run.stderr);
 }
+
+/// The dry-run plan and a refusal, as users see them (golden files; key ids, dates and
+/// run-dependent values filtered).
+#[test]
+fn golden_dry_run_outputs() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    let k1 = emu.create_key("ci-bot");
+    let k2 = emu.create_key("ci-bot");
+    emu.deactivate("ci-bot", &k2.id);
+    emu.backdate(&k1.id, 120, Some(3));
+    emu.backdate(&k2.id, 200, None);
+    let filters = vec![
+        (r"AKIA[A-Z0-9]{16}", "[KEY]"),
+        (r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z", "[TIME]"),
+        (r"\d{4}-\d{2}-\d{2}", "[DATE]"),
+    ];
+    for (name, args) in [
+        (
+            "rotate_dry_run_json",
+            vec![
+                "--deactivate-old-keys",
+                "--delete-inactive-keys",
+                "--yes",
+                "--output",
+                "json",
+            ],
+        ),
+        (
+            "rotate_dry_run_env",
+            vec!["--deactivate-old-keys", "--delete-inactive-keys", "--yes"],
+        ),
+        ("rotate_dry_run_refused_table", vec!["--output", "table"]),
+    ] {
+        let mut cmd = emu.keyturn();
+        cmd.args(["rotate", "--user", "ci-bot", "--dry-run"])
+            .args(&args);
+        let run = emu.run(&mut cmd);
+        run.assert_code(if name.contains("refused") { 2 } else { 0 });
+        insta::with_settings!({ filters => filters.clone(), prepend_module_to_snapshot => false }, {
+            insta::assert_snapshot!(name, run.stdout);
+        });
+    }
+}

@@ -111,6 +111,8 @@ pub struct RotationReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
     pub user_name: String,
+    /// `"Mode": "User"`, or `"Mode": "Profile"` with `"InUseAccessKeyId"`.
+    #[serde(flatten)]
     pub mode: Target,
     pub dry_run: bool,
     /// The user's keys before the run.
