@@ -261,6 +261,21 @@ impl SqliteJournal {
         })
     }
 
+    /// Make `run_id` (held by `holder`) the owner of the (account, user) lock.
+    fn put_lock(
+        c: &Connection,
+        account: &str,
+        user: &str,
+        run_id: &str,
+        holder: &str,
+    ) -> rusqlite::Result<()> {
+        c.execute(
+            "INSERT OR REPLACE INTO locks (account, user_name, run_id, holder, since) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![account, user, run_id, holder, now()],
+        )
+        .map(|_| ())
+    }
+
     fn holder_json(&self) -> String {
         serde_json::to_string(&self.me).expect("serialize process id")
     }
@@ -393,17 +408,11 @@ impl Journal for SqliteJournal {
                     return Ok(Some(msg));
                 }
             }
-            tx.execute(
-                "INSERT OR REPLACE INTO locks (account, user_name, run_id, holder, since) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![account, user, run_id, holder, now()],
-            )?;
+            Self::put_lock(&tx, account, user, run_id, &holder)?;
             tx.commit()?;
             Ok(None)
         })?;
-        match blocked {
-            Some(msg) => Err(Error::Locked(msg)),
-            None => Ok(()),
-        }
+        blocked.map_or(Ok(()), |msg| Err(Error::Locked(msg)))
     }
 
     async fn unlock(&self, account: &str, user: &str, run_id: &str) -> Result<()> {
@@ -443,10 +452,7 @@ impl Journal for SqliteJournal {
                     )));
                 }
             }
-            tx.execute(
-                "INSERT OR REPLACE INTO locks (account, user_name, run_id, holder, since) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![account, user, run_id, holder, now()],
-            )?;
+            Self::put_lock(&tx, &account, &user, run_id, &holder)?;
             tx.execute(
                 "UPDATE runs SET pid = ?2, host = ?3 WHERE run_id = ?1",
                 params![run_id, me.pid, me.host],
@@ -455,10 +461,7 @@ impl Journal for SqliteJournal {
             tx.commit()?;
             Ok(None)
         })?;
-        match blocked {
-            Some(msg) => Err(Error::Locked(msg)),
-            None => Ok(()),
-        }
+        blocked.map_or(Ok(()), |msg| Err(Error::Locked(msg)))
     }
 
     async fn begin(&self, meta: &RunMeta) -> Result<()> {
