@@ -251,7 +251,7 @@ fn all_compliant_exits_0() {
             "{}",
             run.stdout
         );
-        assert!(run.stderr.contains("0 findings"), "{}", run.stderr);
+        run.assert_stderr("0 findings");
     }
     let table = audit(&emu, &[]);
     table.assert_code(0);
@@ -311,7 +311,7 @@ fn every_account_failing_exits_1() {
             .contains("InvalidClientTokenId"),
         "{v:#}"
     );
-    assert!(run.stderr.contains("error: account ?"), "{}", run.stderr);
+    run.assert_stderr("error: account ?");
 
     let run = audit(
         &emu,
@@ -434,11 +434,7 @@ fn profiles_and_roles_add_accounts_and_an_unassumable_role_is_an_error_row() {
     let failed = account_entry(&v, "333333333333");
     assert_eq!(failed["Status"], "error");
     assert!(failed["Error"].as_str().unwrap().contains("AccessDenied"));
-    assert!(
-        run.stderr.contains("error: account 333333333333"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr("error: account 333333333333");
     // The role session is named keyturn-audit (visible in CloudTrail on AWS).
     assert!(calls(&emu, "sts:AssumeRole") >= 2);
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 const FULL: [&str; 3] = ["--deactivate-old-keys", "--delete-inactive-keys", "--yes"];
 
 /// The journal files never hold the secret in plaintext.
-fn assert_journal_clean(emu: &Emulator, journal: &Path, secret: &str) {
+fn assert_journal_clean(journal: &Path, secret: &str) {
     let mut scanned = 0;
     for suffix in ["", "-wal", "-shm"] {
         let p = Path::new(&format!("{}{suffix}", journal.display())).to_path_buf();
@@ -31,7 +31,6 @@ fn assert_journal_clean(emu: &Emulator, journal: &Path, secret: &str) {
         }
     }
     assert!(scanned >= 1, "no journal file at {}", journal.display());
-    let _ = emu;
 }
 
 fn history(emu: &Emulator) -> Value {
@@ -87,7 +86,7 @@ fn crash_and_resume_user(point: &str) {
     );
     assert_eq!(emu.whoami(&k1), Err("InvalidClientTokenId".into()));
     only_run_succeeded(&emu);
-    assert_journal_clean(&emu, &emu.journal_path(), &new.secret);
+    assert_journal_clean(&emu.journal_path(), &new.secret);
     assert_no_secret(&new.secret, &[("resume stderr", &resumed.stderr)]);
     // Nothing is left to resume.
     let again = emu.run(emu.keyturn().args(["resume"]));
@@ -155,7 +154,7 @@ fn crash_and_resume_profile(point: &str) {
     let h = h.json();
     assert_eq!(h["Runs"].as_array().unwrap().len(), 1);
     assert_eq!(h["Runs"][0]["Status"], "succeeded");
-    assert_journal_clean(&emu, &emu.journal_path(), &new.secret);
+    assert_journal_clean(&emu.journal_path(), &new.secret);
 }
 
 macro_rules! crash_tests {
@@ -253,7 +252,7 @@ fn real_kill_9_during_verification_then_resume() {
     assert_eq!(emu.keys("ci-bot"), [(new.id.clone(), "Active".to_string())]);
     assert!(emu.whoami(&new).is_ok());
     only_run_succeeded(&emu);
-    assert_journal_clean(&emu, &emu.journal_path(), &new.secret);
+    assert_journal_clean(&emu.journal_path(), &new.secret);
 }
 
 #[test]
@@ -281,16 +280,8 @@ fn concurrent_rotations_of_one_user_one_wins_other_exits_2() {
             .args(FULL),
     );
     second.assert_code(2);
-    assert!(
-        second.stderr.contains("is being rotated by run"),
-        "{}",
-        second.stderr
-    );
-    assert!(
-        second.stderr.contains(&format!("pid {}", first.id())),
-        "{}",
-        second.stderr
-    );
+    second.assert_stderr("is being rotated by run");
+    second.assert_stderr(format!("pid {}", first.id()));
     assert!(second.stdout.is_empty());
     assert_eq!(creates(&emu), 1, "the second process created nothing");
     assert_eq!(
@@ -326,16 +317,8 @@ fn interrupted_run_blocks_new_rotation_until_resumed() {
             .args(FULL),
     );
     blocked.assert_code(2);
-    assert!(
-        blocked.stderr.contains("was interrupted"),
-        "{}",
-        blocked.stderr
-    );
-    assert!(
-        blocked.stderr.contains("keyturn resume"),
-        "{}",
-        blocked.stderr
-    );
+    blocked.assert_stderr("was interrupted");
+    blocked.assert_stderr("keyturn resume");
     assert_eq!(emu.keys("ci-bot").len(), 2, "nothing changed");
     emu.run(emu.keyturn().args(["resume"])).assert_code(0);
     emu.run(
@@ -363,12 +346,8 @@ fn corrupt_or_foreign_journal_is_refused_and_not_overwritten() {
             .args(["rotate", "--user", "ci-bot"]),
     );
     run.assert_code(2);
-    assert!(
-        run.stderr.contains("not a keyturn journal"),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains("did not change it"), "{}", run.stderr);
+    run.assert_stderr("not a keyturn journal");
+    run.assert_stderr("did not change it");
     assert_eq!(std::fs::read(&path).unwrap(), garbage);
     assert_eq!(emu.keys("ci-bot"), [(k1.id.clone(), "Active".to_string())]);
 
@@ -386,7 +365,7 @@ fn corrupt_or_foreign_journal_is_refused_and_not_overwritten() {
             .args(["rotate", "--user", "ci-bot"]),
     );
     run.assert_code(2);
-    assert!(run.stderr.contains("another application"), "{}", run.stderr);
+    run.assert_stderr("another application");
     assert_eq!(std::fs::read(&path).unwrap(), before);
     for cmd in [vec!["history"], vec!["resume"]] {
         let run = emu.run(emu.keyturn().env("KEYTURN_JOURNAL", &path).args(&cmd));
@@ -482,7 +461,7 @@ fn rollback_reactivates_old_key_and_refuses_after_delete() {
     let before = emu.keys("ci-bot");
     let rb = emu.run(emu.keyturn().args(["rollback", "--user", "ci-bot"]));
     rb.assert_code(2);
-    assert!(rb.stderr.contains("deleted"), "{}", rb.stderr);
+    rb.assert_stderr("deleted");
     assert_eq!(emu.keys("ci-bot"), before);
 }
 
@@ -509,11 +488,7 @@ fn kms_sealed_secret_survives_a_crash() {
     // Without the KMS key the sealed secret cannot be opened.
     let wrong = emu.run(emu.keyturn().args(["resume"]));
     wrong.assert_code(2);
-    assert!(
-        wrong.stderr.contains("--journal-kms-key"),
-        "{}",
-        wrong.stderr
-    );
+    wrong.assert_stderr("--journal-kms-key");
     emu.reset_stats();
     let resumed = emu.run(
         emu.keyturn()
@@ -529,5 +504,5 @@ fn kms_sealed_secret_survives_a_crash() {
     );
     let new = resumed.env_creds();
     assert_eq!(emu.keys("ci-bot"), [(new.id.clone(), "Active".to_string())]);
-    assert_journal_clean(&emu, &emu.journal_path(), &new.secret);
+    assert_journal_clean(&emu.journal_path(), &new.secret);
 }

@@ -131,7 +131,7 @@ fn rotates_shared_key_and_keeps_every_other_byte() {
         .map(|p| p["Profile"].as_str().unwrap())
         .collect();
     assert_eq!(updated, ["default", "ci"]);
-    assert!(run.stderr.contains("updated profile ci"), "{}", run.stderr);
+    run.assert_stderr("updated profile ci");
     assert_no_secret(&new.secret, &[("stderr", &run.stderr)]);
     // The other user is untouched.
     assert_eq!(
@@ -215,11 +215,7 @@ fn static_keys_in_config_file_and_session_token_removal() {
             new.id, new.secret
         )
     );
-    assert!(
-        run.stderr.contains("removed its aws_session_token"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr("removed its aws_session_token");
     assert_eq!(emu.keys("dev"), [(new.id.clone(), "Active".to_string())]);
 }
 
@@ -244,11 +240,7 @@ fn two_keys_other_key_needs_yes_and_only_it_goes() {
         "--yes",
         "40 days old",
     ] {
-        assert!(
-            run.stderr.contains(needle),
-            "missing {needle}:\n{}",
-            run.stderr
-        );
+        run.assert_stderr(needle);
     }
     assert_eq!(read(&f.credentials), creds);
     assert_eq!(emu.keys("dev"), before);
@@ -344,11 +336,7 @@ fn role_profile_rotates_source_profile_with_flag() {
     ]));
     run.assert_code(0);
     let new = run.env_creds();
-    assert!(
-        run.stderr.contains("rotating the key of 'base'"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr("rotating the key of 'base'");
     assert_eq!(
         read(&f.credentials),
         format!(
@@ -378,7 +366,7 @@ fn failure_before_the_write_deletes_new_key_and_leaves_file_identical() {
         "2",
     ]));
     run.assert_code(1);
-    assert!(run.stderr.contains("did not verify"), "{}", run.stderr);
+    run.assert_stderr("did not verify");
     assert_eq!(read(&f.credentials), credentials);
     assert_eq!(emu.keys("dev"), [(dev.id.clone(), "Active".to_string())]);
     assert!(run.stdout.is_empty());
@@ -399,11 +387,7 @@ fn a_held_file_lock_fails_the_rotation_safely() {
     lock.lock().unwrap();
     let run = emu.run(keyturn_files(&emu, &f).args(["rotate", "--profile", "dev"]));
     run.assert_code(1);
-    assert!(
-        run.stderr.contains("another process holds"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr("another process holds");
     assert_eq!(read(&f.credentials), credentials);
     assert_eq!(emu.keys("dev"), [(dev.id.clone(), "Active".to_string())]);
     drop(lock);
@@ -420,7 +404,7 @@ fn mfa_profile_needs_a_code_and_uses_a_session() {
     let f = write_files(&emu, &credentials, "");
     let run = emu.run(keyturn_files(&emu, &f).args(["rotate", "--profile", "dev"]));
     run.assert_code(2);
-    assert!(run.stderr.contains("--mfa-code"), "{}", run.stderr);
+    run.assert_stderr("--mfa-code");
     assert_eq!(read(&f.credentials), credentials);
     emu.reset_stats();
     let run = emu.run(keyturn_files(&emu, &f).args([

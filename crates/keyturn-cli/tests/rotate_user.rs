@@ -87,7 +87,7 @@ fn s3_destructive_flag_without_yes_changes_nothing() {
         emu.reset_stats();
         let run = emu.run(emu.keyturn().args(["rotate", "--user", "ci-bot", flag]));
         run.assert_code(2);
-        assert!(run.stderr.contains("--yes"), "{}", run.stderr);
+        run.assert_stderr("--yes");
         assert!(run.stdout.is_empty());
         assert_eq!(emu.keys("ci-bot"), [active(&k1.id)]);
         let stats = emu.stats();
@@ -110,12 +110,8 @@ fn s4_slot_full_with_inactive_key_refuses() {
     let before = emu.keys("ci-bot");
     let run = emu.run(emu.keyturn().args(["rotate", "--user", "ci-bot"]));
     run.assert_code(2);
-    assert!(run.stderr.contains(&k2.id), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("--delete-inactive-keys"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr(&k2.id);
+    run.assert_stderr("--delete-inactive-keys");
     assert!(run.stdout.is_empty());
     assert_eq!(emu.keys("ci-bot"), before);
     assert!(before.contains(&active(&k1.id)));
@@ -172,11 +168,7 @@ fn s6_two_active_keys_refuse_with_every_flag() {
             "3 days ago, s3",
             "never used",
         ] {
-            assert!(
-                run.stderr.contains(needle),
-                "missing {needle:?} in:\n{}",
-                run.stderr
-            );
+            run.assert_stderr(needle);
         }
         assert!(run.stdout.is_empty());
         assert_eq!(emu.keys("ci-bot"), before);
@@ -210,11 +202,7 @@ fn s8_unknown_user_is_exit_2() {
     let emu = Emulator::start();
     let run = emu.run(emu.keyturn().args(["rotate", "--user", "ghost"]));
     run.assert_code(2);
-    assert!(
-        run.stderr.contains("IAM user 'ghost' does not exist"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr("IAM user 'ghost' does not exist");
     assert!(run.stdout.is_empty());
 }
 
@@ -334,12 +322,8 @@ fn s9_verification_failure_deletes_the_new_key() {
         "--yes",
     ]));
     run.assert_code(1);
-    assert!(
-        run.stderr.contains("did not verify within 2 s"),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains("deleted the new key"), "{}", run.stderr);
+    run.assert_stderr("did not verify within 2 s");
+    run.assert_stderr("deleted the new key");
     assert!(run.stdout.is_empty(), "{}", run.stdout);
     // K2 was freed (it was Inactive and planned), K1 untouched, no new key left.
     assert_eq!(emu.keys("ci-bot"), [active(&k1.id)]);
@@ -359,7 +343,7 @@ fn no_verify_skips_sts_and_refuses_retiring() {
         "--yes",
     ]));
     run.assert_code(2);
-    assert!(run.stderr.contains("--no-verify"), "{}", run.stderr);
+    run.assert_stderr("--no-verify");
     assert_eq!(emu.keys("ci-bot"), [active(&k1.id)]);
     emu.reset_stats();
     let run = emu.run(
@@ -548,16 +532,8 @@ fn bad_or_missing_caller_credentials_exit_1_with_advice() {
             .args(["rotate", "--user", "ci-bot"]),
     );
     run.assert_code(1);
-    assert!(
-        run.stderr.contains("InvalidClientTokenId"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("unknown, deleted or Inactive"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr("InvalidClientTokenId");
+    run.assert_stderr("unknown, deleted or Inactive");
     let wrong_secret = Creds {
         secret: "y".repeat(40),
         ..k1.clone()
@@ -567,18 +543,10 @@ fn bad_or_missing_caller_credentials_exit_1_with_advice() {
             .args(["rotate", "--user", "ci-bot"]),
     );
     run.assert_code(1);
-    assert!(
-        run.stderr.contains("SignatureDoesNotMatch"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr("SignatureDoesNotMatch");
     let run = emu.run(emu.keyturn_bare().args(["rotate", "--user", "ci-bot"]));
     run.assert_code(1);
-    assert!(
-        run.stderr.contains("no AWS credentials were found"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr("no AWS credentials were found");
     assert_eq!(emu.keys("ci-bot"), [active(&k1.id)]);
 }
 
@@ -618,7 +586,7 @@ fn explicit_profile_wins_over_environment_credentials() {
             .args(["rotate", "--user", "reader"]),
     );
     run.assert_code(1);
-    assert!(run.stderr.contains("iam:CreateAccessKey"), "{}", run.stderr);
+    run.assert_stderr("iam:CreateAccessKey");
 }
 
 /// The dry-run plan and a refusal, as users see them (golden files; key ids, dates and

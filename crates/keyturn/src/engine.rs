@@ -22,7 +22,8 @@ use crate::journal::{Journal, RunMeta};
 use crate::model::KeyStatus;
 use crate::plan::{Step, Target};
 use crate::report::{ActionRecord, ProfileUpdate};
-use crate::verify::{verify_key, Expected, Verified, VerifyFailure, VerifyPolicy};
+use crate::verify::{verify_key, Backoff, Expected, Verified, VerifyFailure, VerifyPolicy};
+use std::sync::OnceLock;
 
 /// Writes a new key into every profile that holds the old one (self-rotation).
 pub trait ProfileWriter: Send + Sync {
@@ -48,16 +49,43 @@ pub struct Progress {
 
 pub struct Engine<'a, A: KeyApi, J: Journal> {
     /// The caller's API (old credentials in self-rotation).
-    pub api: &'a A,
-    pub journal: &'a J,
-    pub verify: VerifyPolicy,
-    pub profiles: Option<&'a dyn ProfileWriter>,
+    api: &'a A,
+    journal: &'a J,
+    verify: VerifyPolicy,
+    profiles: Option<&'a dyn ProfileWriter>,
     /// Self-rotation: retire the old key signing with the new one (proves it). False
     /// when the caller's session must be used (an MFA session).
-    pub retire_with_new_key: bool,
+    retire_with_new_key: bool,
+    /// The API signing with the new key, built once it is known (verification and
+    /// retiring share its clients).
+    new_key_api: OnceLock<A>,
 }
 
-impl<A: KeyApi, J: Journal> Engine<'_, A, J> {
+impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
+    /// An engine for `--user` runs: every call is made as the caller.
+    pub fn new(api: &'a A, journal: &'a J, verify: VerifyPolicy) -> Self {
+        Self {
+            api,
+            journal,
+            verify,
+            profiles: None,
+            retire_with_new_key: false,
+            new_key_api: OnceLock::new(),
+        }
+    }
+
+    /// Self-rotation: write profiles with `writer`; retire the old key with the new key
+    /// when `retire_with_new_key` (else with the caller, e.g. an MFA session).
+    pub fn with_profiles(
+        mut self,
+        writer: Option<&'a dyn ProfileWriter>,
+        retire_with_new_key: bool,
+    ) -> Self {
+        self.profiles = writer;
+        self.retire_with_new_key = retire_with_new_key;
+        self
+    }
+
     /// Run the plan's steps from `p.next`. On `Err`, `p.new_key` is `Some` only if the
     /// new key survives (failure after delivery); otherwise it was deleted again.
     pub async fn execute(&self, meta: &RunMeta, p: &mut Progress) -> Result<()> {
@@ -117,7 +145,10 @@ impl<A: KeyApi, J: Journal> Engine<'_, A, J> {
         let user = meta.user_name.as_str();
         match step {
             Step::FreeSlot { access_key_id, .. } => {
-                self.delete_key(self.api, user, access_key_id, redo).await?;
+                self.api
+                    .delete_key(user, access_key_id)
+                    .await
+                    .or_else(|e| already_gone(e, redo))?;
                 Ok(format!("deleted {access_key_id}"))
             }
             Step::CreateKey { .. } => {
@@ -137,8 +168,7 @@ impl<A: KeyApi, J: Journal> Engine<'_, A, J> {
                     user_name: user,
                     account: Some(meta.account.as_str()).filter(|a| !a.is_empty()),
                 };
-                let as_new = self.api.as_key(key);
-                match verify_key(&as_new, &expected, &self.verify).await {
+                match verify_key(self.new_key_api(p)?, &expected, &self.verify).await {
                     Ok(v) => {
                         let detail = format!(
                             "{} authenticates as {} ({} calls, {} ms)",
@@ -171,20 +201,18 @@ impl<A: KeyApi, J: Journal> Engine<'_, A, J> {
                 Ok(format!("updated {}", names.join(", ")))
             }
             Step::DeactivateOldKey { access_key_id, .. } => {
-                let owned = self.retire_api(meta, p)?;
-                let retire = owned.as_ref().unwrap_or(self.api);
-                self.with_new_key_retry(meta, || {
-                    retire.set_status(user, access_key_id, KeyStatus::Inactive)
+                self.retire(meta, p, redo, async |api: &A| {
+                    api.set_status(user, access_key_id, KeyStatus::Inactive)
+                        .await
                 })
-                .await
-                .or_else(|e| already_gone(e, redo))?;
+                .await?;
                 Ok(format!("deactivated {access_key_id}"))
             }
             Step::DeleteOldKey { access_key_id, .. } => {
-                let owned = self.retire_api(meta, p)?;
-                let retire = owned.as_ref().unwrap_or(self.api);
-                self.delete_key_retrying(meta, retire, user, access_key_id, redo)
-                    .await?;
+                self.retire(meta, p, redo, async |api: &A| {
+                    api.delete_key(user, access_key_id).await
+                })
+                .await?;
                 Ok(format!("deleted {access_key_id}"))
             }
         }
@@ -196,59 +224,41 @@ impl<A: KeyApi, J: Journal> Engine<'_, A, J> {
             .ok_or_else(|| Error::Runtime("the new key is not known at this step".into()))
     }
 
-    /// Self-rotation retires the old key with the new credentials (proving them);
-    /// user mode uses the caller (`None`).
-    fn retire_api(&self, meta: &RunMeta, p: &Progress) -> Result<Option<A>> {
-        match meta.target {
-            Target::Profile { .. } if self.retire_with_new_key => {
-                Ok(Some(self.api.as_key(self.new_key(p)?)))
-            }
-            _ => Ok(None),
-        }
+    fn new_key_api(&self, p: &Progress) -> Result<&A> {
+        let key = self.new_key(p)?;
+        Ok(self.new_key_api.get_or_init(|| self.api.as_key(key)))
     }
 
-    async fn delete_key(&self, api: &A, user: &str, key_id: &str, redo: bool) -> Result<()> {
-        api.delete_key(user, key_id)
-            .await
-            .or_else(|e| already_gone(e, redo))
-    }
-
-    async fn delete_key_retrying(
+    /// A call that retires an old key. Self-rotation makes it with the new key (which
+    /// proves it), retrying while IAM still answers `InvalidClientTokenId`; otherwise
+    /// it is made once as the caller. On resume, a key already gone counts as done.
+    async fn retire(
         &self,
         meta: &RunMeta,
-        api: &A,
-        user: &str,
-        key_id: &str,
+        p: &Progress,
         redo: bool,
+        call: impl AsyncFn(&A) -> Result<()>,
     ) -> Result<()> {
-        self.with_new_key_retry(meta, || api.delete_key(user, key_id))
-            .await
-            .or_else(|e| already_gone(e, redo))
-    }
-
-    /// Retry a call made with freshly verified credentials while IAM still answers
-    /// `InvalidClientTokenId` (eventual consistency), up to the verify timeout.
-    async fn with_new_key_retry<F, Fut>(&self, meta: &RunMeta, mut call: F) -> Result<()>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<()>>,
-    {
-        let self_rotation =
+        let with_new_key =
             matches!(meta.target, Target::Profile { .. }) && self.retire_with_new_key;
-        let deadline = tokio::time::Instant::now() + self.verify.timeout;
-        let mut backoff = self.verify.initial_backoff;
+        if !with_new_key {
+            return call(self.api).await.or_else(|e| already_gone(e, redo));
+        }
+        let api = self.new_key_api(p)?;
+        let mut backoff = Backoff::new(&self.verify);
         loop {
-            match call().await {
-                Err(e)
-                    if self_rotation
-                        && e.aws_kind() == Some(&AwsErrorKind::InvalidClientTokenId)
-                        && tokio::time::Instant::now() + backoff < deadline =>
-                {
-                    tracing::info!("IAM does not accept the new key yet; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.verify.max_backoff);
+            match call(api).await {
+                Err(e) if e.aws_kind() == Some(&AwsErrorKind::InvalidClientTokenId) => {
+                    let Some(wait) = backoff.next_wait() else {
+                        return Err(e);
+                    };
+                    tracing::info!(
+                        "IAM does not accept the new key yet; retrying in {} ms",
+                        wait.as_millis()
+                    );
+                    tokio::time::sleep(wait).await;
                 }
-                r => return r,
+                r => return r.or_else(|e| already_gone(e, redo)),
             }
         }
     }

@@ -469,7 +469,7 @@ pub fn render_history(runs: &[RunRecord], format: HistoryFormat) -> String {
                 "Run", "Started", "Account", "User", "Mode", "Status", "New key", "Steps",
             ]);
             for (v, r) in views.iter().zip(runs) {
-                let (done, _, _) = r.progress();
+                let done = r.progress().done;
                 let steps = v
                     .plan
                     .iter()

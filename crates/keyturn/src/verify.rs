@@ -73,6 +73,37 @@ pub struct Expected<'a> {
     pub account: Option<&'a str>,
 }
 
+/// Exponential backoff bounded by a deadline: the waits between attempts of a call
+/// that IAM's eventual consistency may reject for a while.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+    deadline: Instant,
+}
+
+impl Backoff {
+    /// Starts now; gives up `policy.timeout` from now.
+    pub fn new(policy: &VerifyPolicy) -> Self {
+        Self {
+            next: policy.initial_backoff,
+            max: policy.max_backoff,
+            deadline: Instant::now() + policy.timeout,
+        }
+    }
+
+    /// How long to wait before the next attempt, or `None` once the deadline passed.
+    pub fn next_wait(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return None;
+        }
+        let wait = self.next.min(self.deadline - now);
+        self.next = (self.next * 2).min(self.max);
+        Some(wait)
+    }
+}
+
 /// Call `GetCallerIdentity` through `api` (already signing with the new key).
 pub async fn verify_key<A: KeyApi>(
     api: &A,
@@ -80,10 +111,9 @@ pub async fn verify_key<A: KeyApi>(
     policy: &VerifyPolicy,
 ) -> Result<Verified, VerifyFailure> {
     let start = Instant::now();
-    let deadline = start + policy.timeout;
+    let mut backoff = Backoff::new(policy);
     let mut attempts = 0u32;
     let mut successes = 0u32;
-    let mut backoff = policy.initial_backoff;
     loop {
         attempts += 1;
         // The deadline decides whether to start an attempt; an attempt in flight gets
@@ -113,14 +143,12 @@ pub async fn verify_key<A: KeyApi>(
             }
             Err(e) => {
                 successes = 0;
-                let now = Instant::now();
-                if now >= deadline {
+                let Some(wait) = backoff.next_wait() else {
                     return Err(VerifyFailure::TimedOut {
                         attempts,
                         last: e.summary(),
                     });
-                }
-                let wait = backoff.min(deadline - now);
+                };
                 let kind = e.aws_kind().map(|k| k.to_string());
                 tracing::info!(
                     "new key not accepted yet ({}, attempt {attempts}); retrying in {} ms",
@@ -129,7 +157,6 @@ pub async fn verify_key<A: KeyApi>(
                 );
                 tracing::debug!("verification attempt {attempts} failed: {e}");
                 tokio::time::sleep(wait).await;
-                backoff = (backoff * 2).min(policy.max_backoff);
             }
         }
     }

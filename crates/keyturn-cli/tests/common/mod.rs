@@ -13,7 +13,6 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 pub const ACCOUNT: &str = "123456789012";
 
@@ -101,6 +100,17 @@ impl Run {
             secret: get("AWS_SECRET_ACCESS_KEY"),
             token: None,
         }
+    }
+
+    /// Assert stderr contains `needle` (showing stderr when it does not).
+    pub fn assert_stderr(&self, needle: impl AsRef<str>) -> &Self {
+        let needle = needle.as_ref();
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+        self
     }
 
     pub fn assert_code(&self, code: i32) -> &Self {
@@ -253,10 +263,6 @@ impl Emulator {
         aws_sdk_iam::Client::new(&self.sdk_config(&self.admin))
     }
 
-    pub fn iam_as(&self, c: &Creds) -> aws_sdk_iam::Client {
-        aws_sdk_iam::Client::new(&self.sdk_config(c))
-    }
-
     /// STS GetCallerIdentity with `c`: the ARN, or the error code.
     pub fn whoami(&self, c: &Creds) -> Result<String, String> {
         let sts = aws_sdk_sts::Client::new(&self.sdk_config(c));
@@ -400,11 +406,4 @@ pub fn assert_no_secret(secret: &str, texts: &[(&str, &str)]) {
             "the secret access key leaked into {what}:\n{text}"
         );
     }
-}
-
-/// Time a closure (for assertions on *counts*, never on durations).
-pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
-    let t = Instant::now();
-    let v = f();
-    (v, t.elapsed())
 }

@@ -17,7 +17,6 @@ use crate::aws::KeyApi;
 use crate::aws::SdkKeyApi;
 use crate::error::{chain, AwsError, AwsErrorKind, Error, Result};
 use crate::remote::RemoteConfig;
-use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::SdkConfig;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
@@ -187,18 +186,15 @@ pub async fn connect(
         }
         Target::OwnAccount { account_id, .. } => Ok((account_id.clone(), base.clone())),
         Target::Profile(p) => {
-            // The profile's own credentials: the default chain would prefer
-            // AWS_ACCESS_KEY_ID from the environment over the profile, and then every
-            // --profile would audit the same account.
+            // RemoteConfig signs with the profile's own credentials even when
+            // AWS_ACCESS_KEY_ID is set, so each --profile audits its own account.
             let cfg = RemoteConfig {
                 profile: Some(p.clone()),
                 ..remote.clone()
             }
             .load()
-            .await
-            .into_builder()
-            .credentials_provider(profile_credentials(p).await?)
-            .build();
+            .await;
+            check_profile_credentials(&cfg, p).await?;
             let me = SdkKeyApi::new(&cfg).whoami().await?;
             Ok((me.account, cfg))
         }
@@ -210,14 +206,14 @@ pub async fn connect(
     }
 }
 
-/// The credentials of profile `name`, loaded once up front so that a missing or
-/// broken profile is reported as such (the SDK would only say "dispatch failure").
-async fn profile_credentials(name: &str) -> Result<SharedCredentialsProvider> {
-    let provider = ProfileFileCredentialsProvider::builder()
-        .profile_name(name)
-        .build();
-    if let Err(e) = provider.provide_credentials().await {
-        return Err(AwsError {
+/// Resolve the profile's credentials once up front, so that a missing or broken
+/// profile is reported as such (the SDK would only say "dispatch failure").
+async fn check_profile_credentials(cfg: &SdkConfig, name: &str) -> Result<()> {
+    let Some(provider) = cfg.credentials_provider() else {
+        return Ok(());
+    };
+    provider.provide_credentials().await.map(|_| ()).map_err(|e| {
+        AwsError {
             action: "loading profile credentials",
             kind: AwsErrorKind::NoCredentials,
             message: Some(format!(
@@ -225,9 +221,8 @@ async fn profile_credentials(name: &str) -> Result<SharedCredentialsProvider> {
                 chain(&e)
             )),
         }
-        .into());
-    }
-    Ok(SharedCredentialsProvider::new(provider))
+        .into()
+    })
 }
 
 /// STS `AssumeRole` with the base credentials; the base configuration signing with

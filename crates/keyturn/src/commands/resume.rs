@@ -97,7 +97,8 @@ async fn resume_one<J: Journal>(
         "keyturn: resuming run {run_id} ({} in account {})",
         meta.user_name, meta.account
     ));
-    let (done, pending, failed) = rec.progress();
+    let progress = rec.progress();
+    let done = &progress.done;
     let secret = journal.secret(run_id).await?;
     let new_key = match (&rec.new_key_id, secret) {
         (Some(id), Some(secret)) => Some(NewKey {
@@ -122,9 +123,13 @@ async fn resume_one<J: Journal>(
     }
 
     let writer = match &meta.delivery {
-        Delivery::Profiles { files, .. } if files.len() == 2 => Some(FileProfileWriter {
-            credentials: files[0].clone(),
-            config: files[1].clone(),
+        Delivery::Profiles {
+            credentials,
+            config,
+            ..
+        } => Some(FileProfileWriter {
+            credentials: credentials.clone(),
+            config: config.clone(),
             lock_wait: Duration::from_secs(5),
         }),
         _ => None,
@@ -134,7 +139,6 @@ async fn resume_one<J: Journal>(
         Target::User => done_of(|s| matches!(s, Step::VerifyNewKey { .. })),
         Target::Profile { .. } => done_of(|s| matches!(s, Step::WriteProfiles { .. })),
     };
-    let next = (0..steps.len()).find(|i| !done[*i]).unwrap_or(steps.len());
     let actions = rec
         .steps
         .iter()
@@ -145,25 +149,24 @@ async fn resume_one<J: Journal>(
                 .map(|st| ActionRecord::done(st, s.detail.clone()))
         })
         .collect();
+    let failed = progress.failed;
     let mut progress = Progress {
-        next,
-        redo: pending == Some(next),
+        next: progress.next,
+        redo: progress.next_started,
         new_key,
         actions,
         verification: None,
         profiles_updated: vec![],
         delivered,
     };
-    let engine = Engine {
-        api: &api,
-        journal,
-        verify: VerifyPolicy {
-            timeout: Duration::from_secs(meta.verify_timeout_secs.max(1)),
-            ..VerifyPolicy::default()
-        },
-        profiles: writer.as_ref().map(|w| w as &dyn ProfileWriter),
-        retire_with_new_key: meta.mfa_serial.is_none(),
+    let verify = VerifyPolicy {
+        timeout: Duration::from_secs(meta.verify_timeout_secs.max(1)),
+        ..VerifyPolicy::default()
     };
+    let engine = Engine::new(&api, journal, verify).with_profiles(
+        writer.as_ref().map(|w| w as &dyn ProfileWriter),
+        meta.mfa_serial.is_none(),
+    );
     let result = if failed && !delivered {
         // The run had failed and was cleaning up when it stopped: finish the cleanup.
         Err(engine

@@ -16,6 +16,7 @@ use crate::plan::{plan_rotation, PlanOptions, Refusal, Target};
 use crate::printer::{OutputFormat, Printer};
 use crate::remote::RemoteConfig;
 use crate::report::{ActionRecord, ProfileUpdate, RotationReport, VerificationSummary};
+use crate::secret::SecretKey;
 use crate::verify::VerifyPolicy;
 use aws_credential_types::Credentials;
 use time::OffsetDateTime;
@@ -52,6 +53,9 @@ struct Subject<'a> {
     account: String,
     target: Target,
     writer: Option<&'a FileProfileWriter>,
+    /// Self-rotation: the profiles holding the key, as the files were read at start
+    /// (what a dry run reports).
+    holders: Vec<ProfileUpdate>,
     retire_with_new_key: bool,
     /// Self-rotation: the profile named on the command line, and its MFA device.
     profile: Option<String>,
@@ -93,6 +97,7 @@ pub async fn rotate_with<A: KeyApi, J: Journal>(
         account: caller.account,
         target: Target::User,
         writer: None,
+        holders: vec![],
         retire_with_new_key: false,
         profile: None,
         mfa_serial: None,
@@ -101,17 +106,18 @@ pub async fn rotate_with<A: KeyApi, J: Journal>(
 }
 
 /// Follow `name` to the profile whose static key is rotated (itself, or the
-/// `source_profile` of a role profile when allowed). Refusals are exit 2.
+/// `source_profile` of a role profile when allowed): that profile, its key id and
+/// secret. Refusals are exit 2.
 fn rotatable_profile(
     files: &SharedFiles,
     name: &str,
     settings: &RotateSettings,
     printer: &Printer,
-) -> Result<String> {
+) -> Result<(String, String, SecretKey)> {
     let mut current = name.to_string();
     for _ in 0..5 {
         match files.source(&current)? {
-            ProfileSource::Static { .. } => return Ok(current),
+            ProfileSource::Static { key_id, secret } => return Ok((current, key_id, secret)),
             ProfileSource::AssumeRole {
                 role_arn,
                 source_profile: Some(source),
@@ -170,12 +176,7 @@ async fn rotate_own_profile<J: Journal>(
 ) -> Result<i32> {
     let writer = FileProfileWriter::from_env();
     let files = SharedFiles::load(&writer.credentials, &writer.config)?;
-    let profile = rotatable_profile(&files, name, settings, printer)?;
-    let ProfileSource::Static { key_id, secret } = files.source(&profile)? else {
-        return Err(Error::Runtime(format!(
-            "profile '{profile}' has no static key"
-        )));
-    };
+    let (profile, key_id, secret) = rotatable_profile(&files, name, settings, printer)?;
     // Region and endpoint settings come from the named profile; the credentials are
     // the static key being rotated (never an assumed role).
     let mut remote = settings.remote.clone();
@@ -212,8 +213,19 @@ async fn rotate_own_profile<J: Journal>(
     let subject = Subject {
         user,
         account: caller.account,
-        target: Target::Profile { in_use_key: key_id },
+        target: Target::Profile {
+            in_use_key: key_id.clone(),
+        },
         writer: Some(&writer),
+        holders: files
+            .holders(&key_id)
+            .into_iter()
+            .map(|(file, profile)| ProfileUpdate {
+                file,
+                profile,
+                removed_session_token: false,
+            })
+            .collect(),
         // With MFA the new key alone may lack permission (policies requiring MFA),
         // so the MFA session retires the old key; the new key was verified already.
         retire_with_new_key: mfa_serial.is_none(),
@@ -290,18 +302,6 @@ async fn plan_and_run<A: KeyApi, J: Journal>(
     }
 
     if settings.dry_run {
-        let profiles_updated = match (&subject.writer, &target) {
-            (Some(w), Target::Profile { in_use_key }) => w
-                .holders(in_use_key)?
-                .into_iter()
-                .map(|(file, profile)| ProfileUpdate {
-                    file,
-                    profile,
-                    removed_session_token: false,
-                })
-                .collect(),
-            _ => vec![],
-        };
         let report = RotationReport {
             run_id: None,
             account: Some(subject.account.clone()),
@@ -315,7 +315,7 @@ async fn plan_and_run<A: KeyApi, J: Journal>(
                 .unwrap_or_default(),
             new_key: None,
             verification: None,
-            profiles_updated,
+            profiles_updated: subject.holders.clone(),
             error: planned.as_ref().err().map(|e| e.to_string()),
         };
         printer
@@ -332,7 +332,8 @@ async fn plan_and_run<A: KeyApi, J: Journal>(
     };
     let delivery = match subject.writer {
         Some(w) => Delivery::Profiles {
-            files: vec![w.credentials.clone(), w.config.clone()],
+            credentials: w.credentials.clone(),
+            config: w.config.clone(),
             format: settings.output.as_str().into(),
         },
         None => Delivery::Stdout {
@@ -356,13 +357,10 @@ async fn plan_and_run<A: KeyApi, J: Journal>(
     };
     journal.begin(&meta).await?;
     *begun = true;
-    let engine = Engine {
-        api,
-        journal,
-        verify: settings.verify,
-        profiles: subject.writer.map(|w| w as &dyn ProfileWriter),
-        retire_with_new_key: subject.retire_with_new_key,
-    };
+    let engine = Engine::new(api, journal, settings.verify).with_profiles(
+        subject.writer.map(|w| w as &dyn ProfileWriter),
+        subject.retire_with_new_key,
+    );
     let mut progress = Progress::default();
     let result = engine.execute(&meta, &mut progress).await;
     finish_run(&meta, progress, result, settings.output, journal, printer).await

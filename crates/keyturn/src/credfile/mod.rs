@@ -378,11 +378,6 @@ impl FileProfileWriter {
             lock_wait: Duration::from_secs(5),
         }
     }
-
-    /// Profiles that would be updated (for `--dry-run`).
-    pub fn holders(&self, old_key_id: &str) -> Result<Vec<(PathBuf, String)>> {
-        Ok(SharedFiles::load(&self.credentials, &self.config)?.holders(old_key_id))
-    }
 }
 
 impl ProfileWriter for FileProfileWriter {

@@ -30,9 +30,10 @@ use time::OffsetDateTime;
 pub enum Delivery {
     /// Printed on stdout in this format (`env`, `json`, `table`).
     Stdout { format: String },
-    /// Written into profiles of these credentials/config files, then stdout.
+    /// Written into the profiles of these shared files, then stdout.
     Profiles {
-        files: Vec<std::path::PathBuf>,
+        credentials: std::path::PathBuf,
+        config: std::path::PathBuf,
         format: String,
     },
 }
@@ -196,10 +197,21 @@ pub struct RunRecord {
     pub steps: Vec<StepRecord>,
 }
 
+/// Where a journaled run stands, derived from its step events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunProgress {
+    /// Per plan step: finished.
+    pub done: Vec<bool>,
+    /// The first plan step that has not finished (`done.len()` when all have).
+    pub next: usize,
+    /// Step `next` was started (its intent journaled) without a result.
+    pub next_started: bool,
+    /// A step failed (the run was cleaning up, or ended failed).
+    pub failed: bool,
+}
+
 impl RunRecord {
-    /// Plan indexes whose step finished, and the index of a step started but not
-    /// finished.
-    pub fn progress(&self) -> (Vec<bool>, Option<usize>, bool) {
+    pub fn progress(&self) -> RunProgress {
         let n = self.meta.plan.steps.len();
         let mut done = vec![false; n];
         let mut started = vec![false; n];
@@ -215,8 +227,13 @@ impl RunRecord {
                 StepPhase::Note => {}
             }
         }
-        let pending = (0..n).find(|i| !done[*i]).filter(|i| started[*i]);
-        (done, pending, failed)
+        let next = (0..n).find(|i| !done[*i]).unwrap_or(n);
+        RunProgress {
+            next_started: started.get(next).copied().unwrap_or(false),
+            done,
+            next,
+            failed,
+        }
     }
 }
 
