@@ -8,7 +8,7 @@ use keyturn::commands::audit::AuditSettings;
 use keyturn::commands::history::HistorySettings;
 use keyturn::commands::resume::ResumeSettings;
 use keyturn::commands::rollback::RollbackSettings;
-use keyturn::commands::rotate::{RotateSettings, RotateTarget};
+use keyturn::commands::rotate::{KeyOwner, RotateSettings};
 use keyturn::config::FileConfig;
 use keyturn::error::{Error, Result};
 use keyturn::journal::JournalSettings;
@@ -321,12 +321,12 @@ impl RotateArgs {
             .verify_timeout
             .or(file.rotate.verify_timeout)
             .unwrap_or(60);
-        let target = match (&self.user, &self.remote.profile) {
+        let owner = match (&self.user, &self.remote.profile) {
             (Some(u), _) if u.trim().is_empty() => {
                 return Err(Error::InvalidInput("--user must not be empty".into()))
             }
-            (Some(u), _) => RotateTarget::User(u.clone()),
-            (None, Some(p)) if !p.trim().is_empty() => RotateTarget::OwnProfile(p.clone()),
+            (Some(u), _) => KeyOwner::User(u.clone()),
+            (None, Some(p)) if !p.trim().is_empty() => KeyOwner::OwnProfile(p.clone()),
             _ => {
                 return Err(Error::InvalidInput(
                     "name the user (--user NAME) or the profile whose own key to rotate (--profile NAME)".into(),
@@ -342,7 +342,7 @@ impl RotateArgs {
         }
         Ok(RotateSettings {
             remote: self.remote.remote(),
-            target,
+            owner,
             options: PlanOptions {
                 deactivate_old_keys: self.deactivate_old_keys,
                 delete_inactive_keys: self.delete_inactive_keys,

@@ -20,7 +20,7 @@ use crate::error::{AwsErrorKind, Error, Result};
 use crate::failpoint;
 use crate::journal::{Journal, RunMeta};
 use crate::model::KeyStatus;
-use crate::plan::{Step, Target};
+use crate::plan::{Mode, Step};
 use crate::report::{ActionRecord, ProfileUpdate};
 use crate::verify::{verify_key, Backoff, Expected, Verified, VerifyFailure, VerifyPolicy};
 use std::sync::OnceLock;
@@ -178,7 +178,7 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
                             v.elapsed.as_millis()
                         );
                         p.verification = Some(v);
-                        if !matches!(meta.target, Target::Profile { .. }) {
+                        if !matches!(meta.mode, Mode::Profile { .. }) {
                             p.delivered = true;
                         }
                         Ok(detail)
@@ -188,7 +188,7 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
             }
             Step::WriteProfiles { .. } => {
                 let key = self.new_key(p)?;
-                let Target::Profile { in_use_key } = &meta.target else {
+                let Mode::Profile { in_use_key } = &meta.mode else {
                     return Err(Error::Runtime("write-profiles outside profile mode".into()));
                 };
                 let writer = self
@@ -239,8 +239,7 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
         redo: bool,
         call: impl AsyncFn(&A) -> Result<()>,
     ) -> Result<()> {
-        let with_new_key =
-            matches!(meta.target, Target::Profile { .. }) && self.retire_with_new_key;
+        let with_new_key = matches!(meta.mode, Mode::Profile { .. }) && self.retire_with_new_key;
         if !with_new_key {
             return call(self.api).await.or_else(|e| already_gone(e, redo));
         }

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 /// Whose key is rotated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "Mode", rename_all = "PascalCase")]
-pub enum Target {
+pub enum Mode {
     /// `--user NAME`: a managing principal rotates another user's keys.
     User,
     /// `--profile NAME` alone: the caller rotates the key it is signed in with.
@@ -224,12 +224,12 @@ fn describe_all(keys: &[AccessKeyInfo], now: OffsetDateTime) -> String {
 /// Decide the steps of one rotation. Pure: same input, same answer.
 pub fn plan_rotation(
     inventory: &Inventory,
-    target: &Target,
+    target: &Mode,
     opts: &PlanOptions,
     now: OffsetDateTime,
 ) -> Result<Plan, Refusal> {
     let user = inventory.user_name.clone();
-    let profile_mode = matches!(target, Target::Profile { .. });
+    let profile_mode = matches!(target, Mode::Profile { .. });
 
     // Rule 1: destructive flags need --yes.
     let mut flags = Vec::new();
@@ -268,8 +268,8 @@ pub fn plan_rotation(
     }
 
     match target {
-        Target::User => plan_user(inventory, opts, now),
-        Target::Profile { in_use_key } => plan_profile(inventory, in_use_key, opts, now),
+        Mode::User => plan_user(inventory, opts, now),
+        Mode::Profile { in_use_key } => plan_profile(inventory, in_use_key, opts, now),
     }
 }
 
@@ -471,11 +471,11 @@ mod tests {
     }
 
     fn user_plan(keys: Vec<AccessKeyInfo>, o: PlanOptions) -> Result<Plan, Refusal> {
-        plan_rotation(&inv(keys), &Target::User, &o, NOW)
+        plan_rotation(&inv(keys), &Mode::User, &o, NOW)
     }
 
-    fn profile(in_use: &str) -> Target {
-        Target::Profile {
+    fn profile(in_use: &str) -> Mode {
+        Mode::Profile {
             in_use_key: in_use.into(),
         }
     }

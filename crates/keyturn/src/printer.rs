@@ -55,13 +55,13 @@ pub enum HistoryFormat {
     Json,
 }
 
-type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
+type Writer = Arc<Mutex<Box<dyn Write + Send>>>;
 
 /// The single writer of stdout and stderr.
 #[derive(Clone)]
 pub struct Printer {
-    out: Sink,
-    err: Sink,
+    out: Writer,
+    err: Writer,
     quiet: bool,
 }
 
@@ -423,9 +423,9 @@ fn history_view(r: &RunRecord) -> HistoryRun<'_> {
         run_id: &r.meta.run_id,
         account: &r.meta.account,
         user_name: &r.meta.user_name,
-        mode: match r.meta.target {
-            crate::plan::Target::User => "user",
-            crate::plan::Target::Profile { .. } => "profile",
+        mode: match r.meta.mode {
+            crate::plan::Mode::User => "user",
+            crate::plan::Mode::Profile { .. } => "profile",
         },
         profile: r.meta.profile.as_deref(),
         status: r.status.as_str(),

@@ -7,7 +7,7 @@
 
 use crate::aws::NewKey;
 use crate::model::AccessKeyInfo;
-use crate::plan::{Step, Target};
+use crate::plan::{Mode, Step};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
@@ -113,7 +113,7 @@ pub struct RotationReport {
     pub user_name: String,
     /// `"Mode": "User"`, or `"Mode": "Profile"` with `"InUseAccessKeyId"`.
     #[serde(flatten)]
-    pub mode: Target,
+    pub mode: Mode,
     pub dry_run: bool,
     /// The user's keys before the run.
     pub inventory: Vec<AccessKeyInfo>,

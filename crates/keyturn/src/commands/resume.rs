@@ -13,7 +13,7 @@ use crate::credfile::{FileProfileWriter, SharedFiles, SECRET};
 use crate::engine::{Engine, ProfileWriter, Progress};
 use crate::error::{exit, Error, Result};
 use crate::journal::{Delivery, Journal, RunRecord, RunStatus, StepPhase};
-use crate::plan::{Step, Target};
+use crate::plan::{Mode, Step};
 use crate::printer::{OutputFormat, Printer};
 use crate::remote::RemoteConfig;
 use crate::report::ActionRecord;
@@ -135,9 +135,9 @@ async fn resume_one<J: Journal>(
         _ => None,
     };
     let api = caller_api(&rec, new_key.as_ref(), writer.as_ref(), settings).await?;
-    let delivered = match meta.target {
-        Target::User => done_of(|s| matches!(s, Step::VerifyNewKey { .. })),
-        Target::Profile { .. } => done_of(|s| matches!(s, Step::WriteProfiles { .. })),
+    let delivered = match meta.mode {
+        Mode::User => done_of(|s| matches!(s, Step::VerifyNewKey { .. })),
+        Mode::Profile { .. } => done_of(|s| matches!(s, Step::WriteProfiles { .. })),
     };
     let actions = rec
         .steps
@@ -201,7 +201,7 @@ async fn caller_api(
 ) -> Result<SdkKeyApi> {
     let meta = &rec.meta;
     let mut remote = RemoteConfig::from(&meta.remote);
-    let Target::Profile { in_use_key } = &meta.target else {
+    let Mode::Profile { in_use_key } = &meta.mode else {
         return Ok(SdkKeyApi::new(&remote.load().await));
     };
     let w = writer.ok_or_else(|| Error::Runtime("profile run without profile files".into()))?;

@@ -11,7 +11,7 @@ use crate::aws::{KeyApi, SdkKeyApi};
 use crate::error::{exit, Error, Result};
 use crate::journal::{Journal, RunRecord, RunStatus, StepPhase};
 use crate::model::KeyStatus;
-use crate::plan::{Step, Target};
+use crate::plan::{Mode, Step};
 use crate::printer::{HistoryFormat, Printer};
 use crate::remote::RemoteConfig;
 use serde::Serialize;
@@ -175,7 +175,7 @@ async fn apply<A: KeyApi, J: Journal>(
         .as_ref()
         .filter(|n| keys.iter().any(|x| &x.access_key_id == *n))
     {
-        if matches!(rec.meta.target, Target::Profile { .. }) {
+        if matches!(rec.meta.mode, Mode::Profile { .. }) {
             printer.status(&format!(
                 "keyturn: kept the new key {new} Active: the profile files hold it (deactivating it would lock them out)"
             ));

@@ -12,7 +12,7 @@ use crate::engine::{Engine, ProfileWriter, Progress};
 use crate::error::{exit, Error, Result};
 use crate::journal::{Delivery, Journal, RunMeta, RunStatus};
 use crate::model::{Inventory, Usage};
-use crate::plan::{plan_rotation, PlanOptions, Refusal, Target};
+use crate::plan::{plan_rotation, Mode, PlanOptions, Refusal};
 use crate::printer::{OutputFormat, Printer};
 use crate::remote::RemoteConfig;
 use crate::report::{ActionRecord, ProfileUpdate, RotationReport, VerificationSummary};
@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 
 /// Whose key to rotate.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RotateTarget {
+pub enum KeyOwner {
     /// `--user NAME`.
     User(String),
     /// `--profile NAME` without `--user`: the profile's own key.
@@ -34,7 +34,7 @@ pub enum RotateTarget {
 #[derive(Debug, Clone)]
 pub struct RotateSettings {
     pub remote: RemoteConfig,
-    pub target: RotateTarget,
+    pub owner: KeyOwner,
     pub options: PlanOptions,
     pub dry_run: bool,
     pub output: OutputFormat,
@@ -51,7 +51,7 @@ pub struct RotateSettings {
 struct Subject<'a> {
     user: String,
     account: String,
-    target: Target,
+    mode: Mode,
     writer: Option<&'a FileProfileWriter>,
     /// Self-rotation: the profiles holding the key, as the files were read at start
     /// (what a dry run reports).
@@ -68,15 +68,13 @@ pub async fn rotate<J: Journal>(
     journal: &J,
     printer: &Printer,
 ) -> Result<i32> {
-    match &settings.target {
-        RotateTarget::User(_) => {
+    match &settings.owner {
+        KeyOwner::User(_) => {
             let config = settings.remote.load().await;
             let api = SdkKeyApi::new(&config);
             rotate_with(&api, settings, journal, printer).await
         }
-        RotateTarget::OwnProfile(name) => {
-            rotate_own_profile(name, settings, journal, printer).await
-        }
+        KeyOwner::OwnProfile(name) => rotate_own_profile(name, settings, journal, printer).await,
     }
 }
 
@@ -87,7 +85,7 @@ pub async fn rotate_with<A: KeyApi, J: Journal>(
     journal: &J,
     printer: &Printer,
 ) -> Result<i32> {
-    let RotateTarget::User(user) = &settings.target else {
+    let KeyOwner::User(user) = &settings.owner else {
         return Err(Error::InvalidInput("rotate_with needs --user".into()));
     };
     let caller = api.whoami().await?;
@@ -95,7 +93,7 @@ pub async fn rotate_with<A: KeyApi, J: Journal>(
     let subject = Subject {
         user: user.clone(),
         account: caller.account,
-        target: Target::User,
+        mode: Mode::User,
         writer: None,
         holders: vec![],
         retire_with_new_key: false,
@@ -213,7 +211,7 @@ async fn rotate_own_profile<J: Journal>(
     let subject = Subject {
         user,
         account: caller.account,
-        target: Target::Profile {
+        mode: Mode::Profile {
             in_use_key: key_id.clone(),
         },
         writer: Some(&writer),
@@ -280,23 +278,23 @@ async fn plan_and_run<A: KeyApi, J: Journal>(
         user_name: subject.user.clone(),
         keys,
     };
-    let target = subject.target.clone();
+    let mode = subject.mode.clone();
     let now = OffsetDateTime::now_utc();
     let mut options = settings.options.clone();
-    let mut planned = plan_rotation(&inventory, &target, &options, now);
+    let mut planned = plan_rotation(&inventory, &mode, &options, now);
 
     // Refusals and dry runs show each key's last use, which costs one call per key;
     // a plain rotation does not need it.
     if planned.is_err() || settings.dry_run {
         enrich_usage(api, &mut inventory).await?;
-        planned = plan_rotation(&inventory, &target, &options, now);
+        planned = plan_rotation(&inventory, &mode, &options, now);
     }
     if let Err(Refusal::EvictNeedsConfirmation { other, .. }) = &planned {
         if settings.interactive && !settings.dry_run {
             printer.status(&format!("keyturn: {}", planned.as_ref().unwrap_err()));
             if printer.confirm(&format!("Delete {} now?", other.access_key_id)) {
                 options.confirmed_evict = true;
-                planned = plan_rotation(&inventory, &target, &options, now);
+                planned = plan_rotation(&inventory, &mode, &options, now);
             }
         }
     }
@@ -306,7 +304,7 @@ async fn plan_and_run<A: KeyApi, J: Journal>(
             run_id: None,
             account: Some(subject.account.clone()),
             user_name: subject.user.clone(),
-            mode: target,
+            mode: mode.clone(),
             dry_run: true,
             inventory: inventory.keys.clone(),
             actions: planned
@@ -344,7 +342,7 @@ async fn plan_and_run<A: KeyApi, J: Journal>(
         run_id: run_id.to_string(),
         account: subject.account.clone(),
         user_name: subject.user.clone(),
-        target,
+        mode,
         options,
         plan,
         inventory: inventory.keys.clone(),
@@ -380,7 +378,7 @@ pub async fn finish_run<J: Journal>(
         run_id: Some(meta.run_id.clone()),
         account: Some(meta.account.clone()),
         user_name: meta.user_name.clone(),
-        mode: meta.target.clone(),
+        mode: meta.mode.clone(),
         dry_run: false,
         inventory: meta.inventory.clone(),
         actions: progress.actions,
@@ -452,7 +450,7 @@ mod tests {
     fn settings(o: PlanOptions) -> RotateSettings {
         RotateSettings {
             remote: RemoteConfig::default(),
-            target: RotateTarget::User("ci-bot".into()),
+            owner: KeyOwner::User("ci-bot".into()),
             options: o,
             dry_run: false,
             output: OutputFormat::Json,

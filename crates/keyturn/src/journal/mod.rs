@@ -17,7 +17,7 @@ pub mod sqlite;
 use crate::aws::NewKey;
 use crate::error::Result;
 use crate::model::AccessKeyInfo;
-use crate::plan::{Plan, PlanOptions, Step, Target};
+use crate::plan::{Mode, Plan, PlanOptions, Step};
 use crate::remote::RemoteConfig;
 use crate::secret::SecretKey;
 use serde::{Deserialize, Serialize};
@@ -45,7 +45,8 @@ pub struct RunMeta {
     pub run_id: String,
     pub account: String,
     pub user_name: String,
-    pub target: Target,
+    #[serde(rename = "Target")]
+    pub mode: Mode,
     pub options: PlanOptions,
     pub plan: Plan,
     /// The user's keys when the run started: any other key found later was created by
