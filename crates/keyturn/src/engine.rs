@@ -196,21 +196,20 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
                         .as_ref()
                         .map(|k| k.access_key_id.clone())
                         .unwrap_or_default();
-                    if step.is_delivery() {
-                        let maybe_here =
-                            |name: &str| step.sink() == Some(name) && e.may_have_delivered();
+                    if let Some(failed) = step.sink() {
+                        let uncertain = e.may_have_delivered().then(|| failed.to_string());
                         let (holding_new, holding_old): (Vec<_>, Vec<_>) = p
                             .sinks
                             .iter()
-                            .map(|s| (s.name.clone(), s.delivered || maybe_here(&s.name)))
+                            .filter(|s| uncertain.as_deref() != Some(s.name.as_str()))
+                            .map(|s| (s.name.clone(), s.delivered))
                             .partition(|(_, has)| *has);
-                        let holding_new = holding_new.into_iter().map(|(n, _)| n).collect();
-                        let holding_old = holding_old.into_iter().map(|(n, _)| n).collect();
                         return Err(Error::PartialDelivery {
                             run_id: meta.run_id.clone(),
                             key_id,
-                            holding_new,
-                            holding_old,
+                            holding_new: holding_new.into_iter().map(|(n, _)| n).collect(),
+                            uncertain,
+                            holding_old: holding_old.into_iter().map(|(n, _)| n).collect(),
                             source: Box::new(e),
                         });
                     }

@@ -75,12 +75,14 @@ pub enum Error {
 
     /// Delivery stopped after some sinks received the new key: both keys stay Active,
     /// the old key was not retired, and `keyturn resume RUN_ID` delivers to the rest.
-    #[error("{source}; the new key {key_id} is in {}; {} still hold{} the old key; both keys stay Active and no old key was retired. Fix the cause and run `keyturn resume {run_id}` to deliver to the rest and retire the old key as planned", list_or(.holding_new, "no sink"), list_or(.holding_old, "no sink"), if .holding_old.len() == 1 { "s" } else { "" })]
+    #[error("{source}. The new key {key_id} is in {}{}; {} still hold{} the old key. Both keys stay Active and no old key was retired; fix the cause and run `keyturn resume {run_id}` to deliver to the rest and retire the old key as planned", list_or(.holding_new, "no sink yet"), .uncertain.as_ref().map(|s| format!("; {s} failed part-way and may hold it")).unwrap_or_default(), list_or(.holding_old, "no sink"), if .holding_old.len() == 1 { "s" } else { "" })]
     PartialDelivery {
         run_id: String,
         key_id: String,
-        /// Sinks that hold the new key (delivered, or may hold it).
+        /// Sinks that hold the new key (delivery finished).
         holding_new: Vec<String>,
+        /// The sink that failed after it may have written something.
+        uncertain: Option<String>,
         /// Sinks not delivered yet (they hold what they held before).
         holding_old: Vec<String>,
         source: Box<Error>,
