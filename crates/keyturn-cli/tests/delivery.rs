@@ -101,11 +101,12 @@ fn setup(emu: &Emulator) -> Creds {
 
 fn env_value(text: &str, key: &str) -> String {
     text.lines()
+        .rev()
         .filter_map(|l| {
             l.trim_start_matches("export ")
                 .strip_prefix(&format!("{key}="))
         })
-        .last()
+        .next()
         .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
         .trim_matches(|c| c == '"' || c == '\'')
         .to_string()

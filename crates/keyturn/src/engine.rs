@@ -19,7 +19,7 @@
 //! - the sealed secret is erased as soon as every sink verified the new key.
 
 use crate::aws::{KeyApi, NewKey};
-use crate::error::{AwsErrorKind, Error, Result};
+use crate::error::{AwsErrorKind, Error, PartialDelivery, Result};
 use crate::failpoint;
 use crate::journal::{Journal, RunMeta};
 use crate::model::KeyStatus;
@@ -204,14 +204,14 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
                             .filter(|s| uncertain.as_deref() != Some(s.name.as_str()))
                             .map(|s| (s.name.clone(), s.delivered))
                             .partition(|(_, has)| *has);
-                        return Err(Error::PartialDelivery {
+                        return Err(Error::PartialDelivery(Box::new(PartialDelivery {
                             run_id: meta.run_id.clone(),
                             key_id,
                             holding_new: holding_new.into_iter().map(|(n, _)| n).collect(),
                             uncertain,
                             holding_old: holding_old.into_iter().map(|(n, _)| n).collect(),
                             source: Box::new(e),
-                        });
+                        })));
                     }
                     return Err(Error::AfterDelivery {
                         step: step.name().to_string(),

@@ -73,20 +73,10 @@ pub enum Error {
         source: Option<Box<Error>>,
     },
 
-    /// Delivery stopped after some sinks received the new key: both keys stay Active,
-    /// the old key was not retired, and `keyturn resume RUN_ID` delivers to the rest.
-    #[error("{source}. The new key {key_id} is in {}{}; {} still hold{} the old key. Both keys stay Active and no old key was retired; fix the cause and run `keyturn resume {run_id}` to deliver to the rest and retire the old key as planned", list_or(.holding_new, "no sink yet"), .uncertain.as_ref().map(|s| format!("; {s} failed part-way and may hold it")).unwrap_or_default(), list_or(.holding_old, "no sink"), if .holding_old.len() == 1 { "s" } else { "" })]
-    PartialDelivery {
-        run_id: String,
-        key_id: String,
-        /// Sinks that hold the new key (delivery finished).
-        holding_new: Vec<String>,
-        /// The sink that failed after it may have written something.
-        uncertain: Option<String>,
-        /// Sinks not delivered yet (they hold what they held before).
-        holding_old: Vec<String>,
-        source: Box<Error>,
-    },
+    /// Delivery stopped after some sinks received the new key (see
+    /// [`PartialDelivery`]).
+    #[error(transparent)]
+    PartialDelivery(Box<PartialDelivery>),
 
     /// Local I/O.
     #[error("{context}: {source}")]
@@ -134,7 +124,7 @@ impl Error {
             | Error::Locked(_)
             | Error::Journal(_) => exit::GUARD,
             Error::AfterDelivery { source, .. } => source.exit_code().max(exit::FAILURE),
-            Error::Sink { .. } | Error::PartialDelivery { .. } => exit::FAILURE,
+            Error::Sink { .. } | Error::PartialDelivery(_) => exit::FAILURE,
             Error::Aws(_)
             | Error::VerificationFailed { .. }
             | Error::Io { .. }
@@ -179,6 +169,22 @@ impl Error {
             }
         )
     }
+}
+
+/// Delivery stopped after some sinks received the new key: both keys stay Active,
+/// the old key was not retired, and `keyturn resume RUN_ID` delivers to the rest.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}. The new key {key_id} is in {}{}; {} still hold{} the old key. Both keys stay Active and no old key was retired; fix the cause and run `keyturn resume {run_id}` to deliver to the rest and retire the old key as planned", list_or(.holding_new, "no sink yet"), .uncertain.as_ref().map(|s| format!("; {s} failed part-way and may hold it")).unwrap_or_default(), list_or(.holding_old, "no sink"), if .holding_old.len() == 1 { "s" } else { "" })]
+pub struct PartialDelivery {
+    pub run_id: String,
+    pub key_id: String,
+    /// Sinks that hold the new key (delivery finished).
+    pub holding_new: Vec<String>,
+    /// The sink that failed after it may have written something.
+    pub uncertain: Option<String>,
+    /// Sinks not delivered yet (they hold what they held before).
+    pub holding_old: Vec<String>,
+    pub source: Box<Error>,
 }
 
 fn sink_message(

@@ -452,7 +452,7 @@ pub async fn finish_run<J: Journal>(
     );
     let status = match &result {
         Ok(()) => RunStatus::Succeeded,
-        Err(Error::PartialDelivery { .. }) => RunStatus::Incomplete,
+        Err(Error::PartialDelivery(_)) => RunStatus::Incomplete,
         Err(_) if progress.cleanup_pending => RunStatus::Incomplete,
         Err(_) if progress.new_key.is_some() => RunStatus::FailedAfterDelivery,
         Err(_) => RunStatus::Failed,
