@@ -794,3 +794,132 @@ fn bad_sink_configuration_is_refused_before_any_aws_call() {
     assert_eq!(emu.stats()["requests"], 0, "nothing was sent to AWS");
     assert_eq!(emu.keys("ci-bot").len(), 1);
 }
+
+#[test]
+fn rollback_puts_versioned_sinks_back_and_keeps_the_new_key_where_a_sink_cannot() {
+    let emu = Emulator::start();
+    let old = setup(&emu);
+    let old_value = format!(
+        "{{\"AccessKeyId\": \"{}\", \"SecretAccessKey\": \"{}\"}}",
+        old.id, old.secret
+    );
+    rt().block_on(
+        sm(&emu)
+            .create_secret()
+            .name("ci/ci-bot")
+            .secret_string(&old_value)
+            .send(),
+    )
+    .unwrap();
+    rt().block_on(
+        ssm(&emu)
+            .put_parameter()
+            .name("/ci/ci-bot")
+            .value(&old_value)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .send(),
+    )
+    .unwrap();
+    let env_path = emu.dir.path().join("app.env");
+    let cfg = write_config(
+        &emu,
+        &format!(
+            r#"
+[[sinks]]
+name = "ci-aws"
+type = "secretsmanager"
+secret_id = "ci/{{user}}"
+
+[[sinks]]
+name = "ci-param"
+type = "ssm"
+parameter = "/ci/{{user}}"
+
+[[sinks]]
+name = "app-env"
+type = "env-file"
+path = "{}"
+"#,
+            env_path.display()
+        ),
+    );
+    // Versioned sinks only: rollback restores both and deactivates the new key.
+    let (before_param, _) = param(&emu, "/ci/ci-bot");
+    let k1 = old;
+    rotate(
+        &emu,
+        &cfg,
+        &[
+            "--sink",
+            "ci-aws",
+            "--sink",
+            "ci-param",
+            "--deactivate-old-keys",
+            "--yes",
+        ],
+    )
+    .assert_code(0);
+    let k2 = secret_json(&emu, "ci/ci-bot", Some("AWSCURRENT"), None)["AccessKeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(k2, k1.id);
+    assert_eq!(emu.whoami(&k1), Err("InvalidClientTokenId".into()));
+    let emu2 = emu;
+    let rb = emu2.run(
+        emu2.keyturn()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["rollback", "--user", "ci-bot", "--output", "json"]),
+    );
+    rb.assert_code(0);
+    let v = rb.json();
+    assert_eq!(v["Sinks"][0]["Result"], "restored", "{v}");
+    assert_eq!(v["Sinks"][1]["Result"], "restored", "{v}");
+    assert_eq!(
+        secret_json(&emu2, "ci/ci-bot", Some("AWSCURRENT"), None)["AccessKeyId"],
+        k1.id.as_str()
+    );
+    assert_eq!(param(&emu2, "/ci/ci-bot").0, before_param);
+    assert!(emu2.whoami(&k1).is_ok(), "the old key works again");
+    let mut want = vec![
+        (k1.id.clone(), "Active".to_string()),
+        (k2.clone(), "Inactive".to_string()),
+    ];
+    want.sort();
+    assert_eq!(emu2.keys("ci-bot"), want);
+
+    // With a file sink, which keeps no history, the new key stays Active.
+    rt().block_on(
+        emu2.iam()
+            .delete_access_key()
+            .user_name("ci-bot")
+            .access_key_id(&k2)
+            .send(),
+    )
+    .unwrap();
+    rotate(
+        &emu2,
+        &cfg,
+        &["--sink", "app-env", "--deactivate-old-keys", "--yes"],
+    )
+    .assert_code(0);
+    let text = std::fs::read_to_string(&env_path).unwrap();
+    let k3 = env_value(&text, "AWS_ACCESS_KEY_ID");
+    let rb = emu2.run(
+        emu2.keyturn()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["rollback", "--user", "ci-bot", "--output", "json"]),
+    );
+    rb.assert_code(0).assert_stderr("still holds it");
+    let v = rb.json();
+    assert_eq!(v["Sinks"][0]["Result"], "not-supported");
+    assert_eq!(v["LeftActive"][0], k3.as_str());
+    let mut want = vec![
+        (k1.id.clone(), "Active".to_string()),
+        (k3, "Active".to_string()),
+    ];
+    want.sort();
+    assert_eq!(emu2.keys("ci-bot"), want);
+}
