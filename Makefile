@@ -38,10 +38,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets $(TEST_FEATURES) -- -D warnings
 
-## Install what the tests need, then run the whole suite (emulator self-test, unit,
-## emulator integration).
+## Install what the tests need, then run the whole suite (emulator and service-fixture
+## self-tests, unit, emulator integration).
 test: venv lint
 	$(VPY) emulator/selftest.py > /dev/null
+	$(VPY) fixtures/selftest.py
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		KEYTURN_PYTHON=$(abspath $(VPY)) $(CARGO) nextest run --locked --workspace $(TEST_FEATURES) --no-fail-fast; \
 	else \
