@@ -317,6 +317,23 @@ fn bao_does_kv_v2_cas_and_approle_then_stops() {
     };
     assert!(bao.approle_login(&wrong).is_err());
 
+    // Namespaces: a write through the header lands under the namespace's path.
+    bao.create_namespace("team1");
+    bao.enable_kv2_in("team1", "kv");
+    let (status, _) = bao.call_ns(
+        "POST",
+        "/v1/kv/data/ci/bob",
+        None,
+        Some("team1"),
+        Some(&json!({"data": {"AccessKeyId": "AKIANS"}})),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        bao.kv_read("team1/kv", "ci/bob").unwrap().0["AccessKeyId"],
+        "AKIANS"
+    );
+    assert!(bao.kv_read("secret", "ci/bob").is_none());
+
     let pid = bao.pid();
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     drop(bao);

@@ -262,13 +262,44 @@ impl Bao {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> (u16, Value) {
+        self.call_ns(method, path, token, None, body)
+    }
+
+    /// One API call in a namespace (header `X-Vault-Namespace`; OpenBao 2.7 has them).
+    pub fn call_ns(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        namespace: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let token = token.unwrap_or(&self.root_token);
-        http(
-            method,
-            &format!("{}{path}", self.addr),
-            &[("X-Vault-Token", token)],
-            body,
-        )
+        let mut headers = vec![("X-Vault-Token", token)];
+        if let Some(ns) = namespace {
+            headers.push(("X-Vault-Namespace", ns));
+        }
+        http(method, &format!("{}{path}", self.addr), &headers, body)
+    }
+
+    /// Create namespace `name` (child of the root namespace).
+    pub fn create_namespace(&self, name: &str) {
+        self.ok("POST", &format!("/v1/sys/namespaces/{name}"), None);
+    }
+
+    /// Mount a KV v2 engine at `mount` inside `namespace`.
+    pub fn enable_kv2_in(&self, namespace: &str, mount: &str) {
+        let (status, v) = self.call_ns(
+            "POST",
+            &format!("/v1/sys/mounts/{mount}"),
+            None,
+            Some(namespace),
+            Some(&json!({"type": "kv", "options": {"version": "2"}})),
+        );
+        assert!(
+            (200..300).contains(&status),
+            "mount {namespace}/{mount}: {status} {v}"
+        );
     }
 
     fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
