@@ -207,12 +207,81 @@ def main() -> int:
         scenario("    keyturn resume", "crash-bot", "resume")
         scenario("    keyturn history --user crash-bot", "crash-bot", "history", "--user", "crash-bot")
 
+        # Delivery: one rotation, three consumers (Secrets Manager, SSM, an env file).
+        demo_delivery(env, endpoint, admin, home, iam, new_key, keys, scenario, secrets)
+
         print(f"\n{BOLD}Demo finished.{RESET} {len(secrets)} new secrets were issued; "
-              "each was printed once on stdout and never on stderr.")
+              "each reached its destinations (stdout or the sinks) once and never stderr.")
     finally:
         proc.stdin.close()  # the emulator exits when its stdin closes
         proc.wait(timeout=10)
     return 0
+
+
+def demo_delivery(env, endpoint, admin, home, iam, new_key, keys, scenario, secrets) -> None:
+    """13: `--sink` delivers the new key to Secrets Manager, SSM and an env file, reads
+    each back, and only then retires the old key."""
+    clients = {name: boto3.client(name, endpoint_url=endpoint, region_name="us-east-1",
+                                  aws_access_key_id=admin["access_key_id"],
+                                  aws_secret_access_key=admin["secret_access_key"])
+               for name in ("secretsmanager", "ssm")}
+    sm, ssm = clients["secretsmanager"], clients["ssm"]
+    iam.create_user(UserName="billing-bot")
+    old = iam.create_access_key(UserName="billing-bot")["AccessKey"]
+    secrets.append(old["SecretAccessKey"])
+    sm.create_secret(Name="ci/billing-bot", SecretString=json.dumps(
+        {"AccessKeyId": old["AccessKeyId"], "SecretAccessKey": old["SecretAccessKey"],
+         "bucket": "billing-reports"}))
+    ssm.put_parameter(Name="/ci/billing-bot", Type="SecureString", Value=json.dumps(
+        {"AccessKeyId": old["AccessKeyId"], "SecretAccessKey": old["SecretAccessKey"]}))
+    env_file = Path(home) / "billing.env"
+    env_file.write_text("# billing app\nREGION=eu-west-1\n"
+                        f"AWS_ACCESS_KEY_ID={old['AccessKeyId']}\n"
+                        f"AWS_SECRET_ACCESS_KEY={old['SecretAccessKey']}\n")
+    config = Path(home) / "keyturn.toml"
+    config.write_text(f"""
+[[sinks]]
+name = "ci-aws"
+type = "secretsmanager"
+secret_id = "ci/{{user}}"
+
+[[sinks]]
+name = "ci-param"
+type = "ssm"
+parameter = "/ci/{{user}}"
+
+[[sinks]]
+name = "billing-env"
+type = "env-file"
+path = "{env_file}"
+""")
+    print(f"\n{BOLD}== 13. delivery: Secrets Manager, SSM and an env file, each read back "
+          f"before the old key is retired{RESET}")
+    print(f"{DIM}sinks declared in {config.name}:{RESET}")
+    for line in config.read_text().strip().splitlines():
+        print(f"  | {line}")
+    scenario("    keyturn rotate --sink ci-aws --sink ci-param --sink billing-env", "billing-bot",
+             "--config", str(config), "rotate", "--user", "billing-bot", "--sink", "ci-aws",
+             "--sink", "ci-param", "--sink", "billing-env", "--deactivate-old-keys", "--yes",
+             "--output", "table")
+    cur = json.loads(sm.get_secret_value(SecretId="ci/billing-bot",
+                                         VersionStage="AWSCURRENT")["SecretString"])
+    prev = json.loads(sm.get_secret_value(SecretId="ci/billing-bot",
+                                          VersionStage="AWSPREVIOUS")["SecretString"])
+    secrets.append(cur["SecretAccessKey"])
+    stages = sm.describe_secret(SecretId="ci/billing-bot")["VersionIdsToStages"]
+    param = ssm.get_parameter(Name="/ci/billing-bot", WithDecryption=True)["Parameter"]
+    print(f"{DIM}Secrets Manager:{RESET} AWSCURRENT holds {cur['AccessKeyId']} "
+          f"(bucket kept: {cur['bucket']}), AWSPREVIOUS holds {prev['AccessKeyId']}, "
+          f"stages {sorted(sum(stages.values(), []))}")
+    print(f"{DIM}SSM:{RESET} /ci/billing-bot version {param['Version']} holds "
+          f"{json.loads(param['Value'])['AccessKeyId']}")
+    text = env_file.read_text()
+    for s_ in secrets:
+        text = text.replace(s_, s_[:4] + "…")
+    print(f"{DIM}{env_file.name} (mode {oct(env_file.stat().st_mode & 0o777)}):{RESET}")
+    for line in text.splitlines():
+        print(f"  | {line}")
 
 
 if __name__ == "__main__":

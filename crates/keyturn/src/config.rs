@@ -100,6 +100,13 @@ mod tests {
     }
 
     #[test]
+    fn example_sinks_are_valid() {
+        let cfg = FileConfig::parse(include_str!("../../../keyturn.example.toml")).unwrap();
+        assert!(cfg.sinks.len() >= 6);
+        crate::sink::validate_declared(&cfg.sinks).unwrap();
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = FileConfig::parse("[rotate]\nverify_timout = 5\n").unwrap_err();
         assert!(err.contains("verify_timout"), "{err}");

@@ -374,7 +374,13 @@ fn render_env(r: &RotationReport, now: OffsetDateTime) -> String {
                 .as_deref()
                 .map(|k| format!(" {k}"))
                 .unwrap_or_default();
-            s.push_str(&format!("#   {}. {}{}: {}\n", i + 1, a.step, key, a.detail));
+            s.push_str(&format!(
+                "#   {}. {}{}: {}\n",
+                i + 1,
+                a.label(),
+                key,
+                a.detail
+            ));
         }
     }
     match &r.error {
@@ -554,7 +560,7 @@ fn render_table(r: &RotationReport, now: OffsetDateTime) -> String {
         for (i, a) in r.actions.iter().enumerate() {
             acts.add_row(vec![
                 (i + 1).to_string(),
-                a.step.clone(),
+                a.label(),
                 a.access_key_id.clone().unwrap_or_else(|| "-".into()),
                 match a.result {
                     ActionResult::Planned => "planned",

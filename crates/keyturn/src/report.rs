@@ -39,6 +39,14 @@ pub struct ActionRecord {
 }
 
 impl ActionRecord {
+    /// The step with its sink, as shown in tables: `deliver ci-aws`.
+    pub fn label(&self) -> String {
+        match &self.sink {
+            Some(s) => format!("{} {s}", self.step),
+            None => self.step.clone(),
+        }
+    }
+
     pub fn planned(step: &Step) -> Self {
         Self {
             step: step.name().into(),
