@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 use std::future::Future;
 use time::OffsetDateTime;
 
+/// Upper bound of one `CreateAccessKey` attempt (no SDK retries): a key this attempt
+/// created has a `CreateDate` within this long of the attempt's start.
+pub const CREATE_KEY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A key IAM just created. The secret is held in redacting custody.
 #[derive(Debug, Clone)]
 pub struct NewKey {
@@ -150,14 +154,16 @@ fn status_of(s: Option<&StatusType>) -> KeyStatus {
     }
 }
 
-fn no_such_user<E, R>(
+fn no_such_user<E>(
     user: &str,
     action: &'static str,
-    e: &aws_smithy_runtime_api::client::result::SdkError<E, R>,
+    e: &aws_smithy_runtime_api::client::result::SdkError<
+        E,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
 ) -> Error
 where
     E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug + 'static,
 {
     let err = AwsError::from_sdk(action, e);
     if err.kind == AwsErrorKind::NoSuchEntity {
@@ -225,10 +231,23 @@ impl KeyApi for SdkKeyApi {
     }
 
     async fn create_key(&self, user: &str) -> Result<NewKey> {
+        // CreateAccessKey is not idempotent: a retry after a lost response makes a
+        // second key whose secret nobody has. The SDK must not retry it; the engine
+        // decides (it lists the keys first). The attempt is bounded so that a key
+        // created by it can be told from one made later by somebody else.
+        let once = aws_sdk_iam::config::Builder::default()
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_timeout(CREATE_KEY_TIMEOUT)
+                    .build(),
+            );
         let out = self
             .iam
             .create_access_key()
             .user_name(user)
+            .customize()
+            .config_override(once)
             .send()
             .await
             .map_err(|e| no_such_user(user, "iam:CreateAccessKey", &e))?;

@@ -28,6 +28,7 @@ use crate::report::{ActionRecord, ProfileUpdate, RotationReport, SinkReport, Ver
 use crate::sink::{Handover, SinkSet};
 use crate::verify::{verify_key, Backoff, Expected, Verified, VerifyFailure, VerifyPolicy};
 use std::sync::OnceLock;
+use time::OffsetDateTime;
 
 /// Writes a new key into every profile that holds the old one (self-rotation).
 pub trait ProfileWriter: Send + Sync {
@@ -55,6 +56,51 @@ pub struct Progress {
     /// A compensation (deleting the new key again) did not finish: the run must stay
     /// resumable.
     pub cleanup_pending: bool,
+    /// Resume of an interrupted `create-key`: when that attempt could have created a
+    /// key (from its journaled intent to the crash point, with margins).
+    pub create_window: Option<CreateWindow>,
+    /// The inventory was re-read before the first retiring step.
+    pub retire_checked: bool,
+    /// The id of the key this run created, when its secret is no longer at hand
+    /// (resume of an unfinished clean-up).
+    pub created_key_id: Option<String>,
+}
+
+/// When a `CreateAccessKey` attempt could have created a key: IAM's `CreateDate` of a
+/// key it made lies in `from..=to` (the attempt's start and end, widened by
+/// [`CLOCK_SKEW`] for the difference between this host's clock and IAM's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreateWindow {
+    pub from: OffsetDateTime,
+    pub to: OffsetDateTime,
+}
+
+/// Tolerated difference between this host's clock and IAM's clock.
+pub const CLOCK_SKEW: time::Duration = time::Duration::seconds(60);
+/// `CreateAccessKey` attempts after an answer that may have been lost.
+const CREATE_ATTEMPTS: u32 = 3;
+
+impl CreateWindow {
+    /// An attempt that started at `start` and ended (or was last known alive) at `end`.
+    pub fn around(start: OffsetDateTime, end: OffsetDateTime) -> Self {
+        Self {
+            from: start - CLOCK_SKEW,
+            to: end + CLOCK_SKEW,
+        }
+    }
+
+    /// The window of an attempt journaled at `intent_at` whose process was last heard
+    /// of at `last_record_at` (a crash): the attempt may have run for up to
+    /// [`crate::aws::CREATE_KEY_TIMEOUT`] after that.
+    pub fn after_crash(intent_at: OffsetDateTime, last_record_at: OffsetDateTime) -> Self {
+        let bound = time::Duration::try_from(crate::aws::CREATE_KEY_TIMEOUT)
+            .unwrap_or(time::Duration::seconds(30));
+        Self::around(intent_at, last_record_at.max(intent_at) + bound)
+    }
+
+    pub fn contains(&self, t: OffsetDateTime) -> bool {
+        self.from <= t && t <= self.to
+    }
 }
 
 impl Progress {
@@ -64,6 +110,14 @@ impl Progress {
             sinks: sink_reports(meta),
             ..Default::default()
         }
+    }
+
+    /// The id of the key this run created, if it did.
+    pub fn new_key_id(&self) -> Option<&str> {
+        self.new_key
+            .as_ref()
+            .map(|k| k.access_key_id.as_str())
+            .or(self.created_key_id.as_deref())
     }
 
     fn sink_mut(&mut self, name: &str) -> Option<&mut SinkReport> {
@@ -191,11 +245,7 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
                     if !p.delivered {
                         return Err(self.compensate(meta, p, e).await);
                     }
-                    let key_id = p
-                        .new_key
-                        .as_ref()
-                        .map(|k| k.access_key_id.clone())
-                        .unwrap_or_default();
+                    let key_id = p.new_key_id().unwrap_or_default().to_string();
                     if let Some(failed) = step.sink() {
                         let uncertain = e.may_have_delivered().then(|| failed.to_string());
                         let (holding_new, holding_old): (Vec<_>, Vec<_>) = p
@@ -254,20 +304,43 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
         let user = meta.user_name.as_str();
         match step {
             Step::FreeSlot { access_key_id, .. } => {
+                let _ = redo;
                 self.api
                     .delete_key(user, access_key_id)
                     .await
-                    .or_else(|e| already_gone(e, redo))?;
+                    .or_else(already_gone)?;
                 Ok(format!("deleted {access_key_id}"))
             }
             Step::CreateKey { .. } => {
                 if redo {
-                    self.delete_orphans(meta, p).await?;
+                    let window = p.create_window.ok_or_else(|| {
+                        Error::Runtime("resume of create-key without its journaled time".into())
+                    })?;
+                    self.delete_orphans(meta, p, window).await?;
                 }
-                let key = self.api.create_key(user).await?;
+                let key = self.create_key(meta, p).await?;
                 failpoint::hit("create-key:call");
-                self.journal.key_created(&meta.run_id, idx, &key).await?;
+                if let Err(e) = self.journal.key_created(&meta.run_id, idx, &key).await {
+                    // The secret cannot be kept: delete the key at once rather than
+                    // leave a key nobody has the secret of.
+                    let cleanup = match self.api.delete_key(user, &key.access_key_id).await {
+                        Ok(()) => format!(
+                            "the journal could not record the new key {}, so keyturn deleted it again (its secret was never stored anywhere); old keys are unchanged",
+                            key.access_key_id
+                        ),
+                        Err(d) => format!(
+                            "the journal could not record the new key {} and deleting it failed too ({d}); delete it by hand: aws iam delete-access-key --user-name {user} --access-key-id {}; old keys are unchanged",
+                            key.access_key_id, key.access_key_id
+                        ),
+                    };
+                    tracing::error!("{cleanup}");
+                    return Err(Error::CleanedUp {
+                        source: Box::new(e),
+                        cleanup,
+                    });
+                }
                 let detail = format!("created {}", key.access_key_id);
+                p.created_key_id = Some(key.access_key_id.clone());
                 p.new_key = Some(key);
                 Ok(detail)
             }
@@ -337,6 +410,7 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
                 Ok(detail)
             }
             Step::DeactivateOldKey { access_key_id, .. } => {
+                self.check_no_foreign_keys(meta, p).await?;
                 self.retire(meta, p, redo, async |api: &A| {
                     api.set_status(user, access_key_id, KeyStatus::Inactive)
                         .await
@@ -345,6 +419,7 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
                 Ok(format!("deactivated {access_key_id}"))
             }
             Step::DeleteOldKey { access_key_id, .. } => {
+                self.check_no_foreign_keys(meta, p).await?;
                 self.retire(meta, p, redo, async |api: &A| {
                     api.delete_key(user, access_key_id).await
                 })
@@ -375,9 +450,10 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
         redo: bool,
         call: impl AsyncFn(&A) -> Result<()>,
     ) -> Result<()> {
+        let _ = redo;
         let with_new_key = matches!(meta.mode, Mode::Profile { .. }) && self.retire_with_new_key;
         if !with_new_key {
-            return call(self.api).await.or_else(|e| already_gone(e, redo));
+            return call(self.api).await.or_else(already_gone);
         }
         let api = self.new_key_api(p)?;
         let mut backoff = Backoff::new(&self.verify);
@@ -393,14 +469,65 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
                     );
                     tokio::time::sleep(wait).await;
                 }
-                r => return r.or_else(|e| already_gone(e, redo)),
+                r => return r.or_else(already_gone),
             }
         }
     }
 
-    /// Resume of an interrupted `create-key`: any key that was not in the run's
-    /// starting inventory was created by this run and its secret is lost. Delete it.
-    async fn delete_orphans(&self, meta: &RunMeta, p: &mut Progress) -> Result<()> {
+    /// `CreateAccessKey`, never retried blindly: after an answer that may have been
+    /// lost, the keys are listed first and a key this attempt made (see
+    /// [`Engine::delete_orphans`]) is deleted before creating again. Throttling (a clear
+    /// refusal) is retried with backoff.
+    async fn create_key(&self, meta: &RunMeta, p: &mut Progress) -> Result<NewKey> {
+        let user = meta.user_name.as_str();
+        let mut backoff = Backoff::new(&self.verify);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = OffsetDateTime::now_utc();
+            let e = match self.api.create_key(user).await {
+                Ok(k) => return Ok(k),
+                Err(e) => e,
+            };
+            let ambiguous = matches!(&e, Error::Aws(a) if a.is_ambiguous());
+            if ambiguous && attempt < CREATE_ATTEMPTS {
+                let msg = format!(
+                    "CreateAccessKey attempt {attempt} got no usable answer ({}); looking for a key it may have made before trying again",
+                    e.summary()
+                );
+                tracing::warn!("{msg}");
+                self.journal
+                    .note(&meta.run_id, "create-key-retry", true, &msg)
+                    .await?;
+                let window = CreateWindow::around(started, OffsetDateTime::now_utc());
+                self.delete_orphans(meta, p, window).await?;
+                continue;
+            }
+            if e.aws_kind() == Some(&AwsErrorKind::Throttling) {
+                if let Some(wait) = backoff.next_wait() {
+                    tracing::info!(
+                        "CreateAccessKey throttled; retrying in {} ms",
+                        wait.as_millis()
+                    );
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            }
+            return Err(e);
+        }
+    }
+
+    /// A key this run made without ever learning its secret (a lost response, a crash
+    /// during the call) is an orphan: delete it. A key is this run's orphan only if it
+    /// is not in the run's starting inventory, was created inside `window` (the
+    /// attempt's span by IAM's `CreateDate`) AND was never used. Any other new key was
+    /// made by somebody else (an operator, another runner): it is reported and left.
+    async fn delete_orphans(
+        &self,
+        meta: &RunMeta,
+        p: &mut Progress,
+        window: CreateWindow,
+    ) -> Result<()> {
         let now = self.api.list_keys(&meta.user_name).await?;
         for k in now {
             if meta
@@ -413,16 +540,36 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
             if p.new_key.as_ref().map(|n| &n.access_key_id) == Some(&k.access_key_id) {
                 continue;
             }
-            if k.create_date < meta.started_at - time::Duration::minutes(5) {
-                // Created well before this run: not ours. Leave it (the plan will hit
-                // the two-key limit and fail loudly rather than guess).
+            let used = self.api.last_used(&k.access_key_id).await?;
+            let in_window = window.contains(k.create_date);
+            if !in_window || used != crate::model::Usage::Never {
+                let why = if in_window {
+                    "it has been used since"
+                } else {
+                    "it was created outside this run's create-key attempt"
+                };
+                let msg = format!(
+                    "key {} (created {}) is not in this run's inventory, but {why}: it is somebody else's and keyturn leaves it alone",
+                    k.access_key_id,
+                    crate::printer::rfc3339(k.create_date)
+                );
+                tracing::warn!("{msg}");
+                self.journal
+                    .note(&meta.run_id, "foreign-key", true, &msg)
+                    .await?;
+                p.actions.push(ActionRecord::note(
+                    "foreign-key",
+                    Some(&k.access_key_id),
+                    msg,
+                ));
                 continue;
             }
             self.api
                 .delete_key(&meta.user_name, &k.access_key_id)
-                .await?;
+                .await
+                .or_else(already_gone)?;
             let msg = format!(
-                "deleted orphan key {} (created by the interrupted run; its secret was never journaled)",
+                "deleted orphan key {} (created by this run's interrupted CreateAccessKey, never used; its secret was never received)",
                 k.access_key_id
             );
             tracing::warn!("{msg}");
@@ -438,44 +585,85 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
         Ok(())
     }
 
+    /// Before the first retiring step: the keys must be the ones the plan saw plus
+    /// this run's new key. Another key means another rotation (another runner with its
+    /// own journal, a person) is in progress or happened; retiring now could take a key
+    /// from under it, so nothing old is retired.
+    async fn check_no_foreign_keys(&self, meta: &RunMeta, p: &mut Progress) -> Result<()> {
+        if p.retire_checked {
+            return Ok(());
+        }
+        let keys = self.api.list_keys(&meta.user_name).await?;
+        let new_id = p.new_key_id();
+        let foreign: Vec<String> = keys
+            .iter()
+            .filter(|k| {
+                Some(k.access_key_id.as_str()) != new_id
+                    && !meta
+                        .inventory
+                        .iter()
+                        .any(|o| o.access_key_id == k.access_key_id)
+            })
+            .map(|k| {
+                format!(
+                    "{} (created {})",
+                    k.access_key_id,
+                    crate::printer::rfc3339(k.create_date)
+                )
+            })
+            .collect();
+        if !foreign.is_empty() {
+            return Err(Error::Runtime(format!(
+                "another rotation is in progress or happened: {} appeared after this run's plan, so no old key was retired. Check `aws iam list-access-keys --user-name {}` and retire the old key once you know who made the other key",
+                foreign.join(", "),
+                meta.user_name
+            )));
+        }
+        p.retire_checked = true;
+        Ok(())
+    }
+
     /// Undo a rotation that failed before any sink may hold the new key: delete the
     /// new key (with the caller's credentials), leave old keys as they are, and erase
     /// its sealed secret. If the deletion fails, the run stays resumable.
     pub async fn compensate(&self, meta: &RunMeta, p: &mut Progress, cause: Error) -> Error {
-        let Some(key) = p.new_key.take() else {
+        let key = p.new_key.take();
+        let Some(key_id) = key
+            .as_ref()
+            .map(|k| k.access_key_id.clone())
+            .or_else(|| p.created_key_id.clone())
+        else {
             return cause;
         };
+        // The key is about to be deleted: its secret is of no use to anybody, and no
+        // sealed secret may outlive its run.
+        if self.journal.delivered(&meta.run_id).await.is_ok() {
+            p.secret_erased = true;
+        }
         let outcome = self
             .api
-            .delete_key(&meta.user_name, &key.access_key_id)
+            .delete_key(&meta.user_name, &key_id)
             .await
-            .or_else(|e| already_gone(e, true));
+            .or_else(already_gone);
         let (ok, msg) = match &outcome {
             Ok(()) => (
                 true,
-                format!(
-                    "deleted the new key {} again; old keys are unchanged",
-                    key.access_key_id
-                ),
+                format!("deleted the new key {key_id} again; old keys are unchanged"),
             ),
             Err(e) => (
                 false,
                 format!(
-                    "could not delete the new key {} ({e}); `keyturn resume {}` retries, or delete it by hand: aws iam delete-access-key --user-name {} --access-key-id {}",
-                    key.access_key_id, meta.run_id, meta.user_name, key.access_key_id
+                    "could not delete the new key {key_id} ({e}); `keyturn resume {}` retries, or delete it by hand: aws iam delete-access-key --user-name {} --access-key-id {key_id}",
+                    meta.run_id, meta.user_name
                 ),
             ),
         };
         if ok {
             tracing::warn!("{msg}");
-            // The key is gone: its secret is of no use to anybody.
-            if self.journal.delivered(&meta.run_id).await.is_ok() {
-                p.secret_erased = true;
-            }
         } else {
             tracing::error!("{msg}");
             p.cleanup_pending = true;
-            p.new_key = Some(key.clone());
+            p.created_key_id = Some(key_id.clone());
         }
         let _ = self
             .journal
@@ -483,7 +671,7 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
             .await;
         p.actions.push(ActionRecord::note(
             "delete-new-key",
-            Some(&key.access_key_id),
+            Some(&key_id),
             msg.clone(),
         ));
         match cause {
@@ -500,7 +688,10 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
                 last,
                 cleanup: msg,
             },
-            other => Error::Runtime(format!("{other}; {msg}")),
+            other => Error::CleanedUp {
+                source: Box::new(other),
+                cleanup: msg,
+            },
         }
     }
 }
@@ -518,9 +709,12 @@ fn replaced_keys(meta: &RunMeta) -> Vec<String> {
     }
 }
 
-/// On resume, a key already deleted by the interrupted attempt counts as deleted.
-fn already_gone(e: Error, redo: bool) -> Result<()> {
-    if redo && e.aws_kind() == Some(&AwsErrorKind::NoSuchEntity) {
+/// Retiring is idempotent: a key that is already gone is what the step wanted (the
+/// SDK's retry after a lost `DeleteAccessKey` response gets `NoSuchEntity`, and so does
+/// a resumed step whose first attempt got through).
+fn already_gone(e: Error) -> Result<()> {
+    if e.aws_kind() == Some(&AwsErrorKind::NoSuchEntity) {
+        tracing::info!("the key is already gone; counted as done");
         Ok(())
     } else {
         Err(e)

@@ -9,6 +9,7 @@
 //! [`crate::secret::SecretKey`], cannot be formatted.
 
 use crate::plan::Refusal;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use std::fmt;
@@ -60,6 +61,11 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+
+    /// A rotation failed before any sink held the new key, and the new key was dealt
+    /// with (deleted again, or the clean-up failed): the cause keeps its class.
+    #[error("{source}; {cleanup}")]
+    CleanedUp { source: Box<Error>, cleanup: String },
 
     /// A delivery sink failed (see [`crate::sink`]).
     #[error("{}", sink_message(.sink, .kind, .stage, .message, .source.as_deref()))]
@@ -124,6 +130,8 @@ impl Error {
             | Error::Locked(_)
             | Error::Journal(_) => exit::GUARD,
             Error::AfterDelivery { source, .. } => source.exit_code().max(exit::FAILURE),
+            // Something was created (and deleted again): never "nothing changed".
+            Error::CleanedUp { .. } => exit::FAILURE,
             Error::Sink { .. } | Error::PartialDelivery(_) => exit::FAILURE,
             Error::Aws(_)
             | Error::VerificationFailed { .. }
@@ -155,6 +163,9 @@ impl Error {
             Error::Sink {
                 source: Some(s), ..
             } => s.aws_kind(),
+            Error::CleanedUp { source, .. } | Error::AfterDelivery { source, .. } => {
+                source.aws_kind()
+            }
             _ => None,
         }
     }
@@ -268,7 +279,7 @@ impl AwsErrorKind {
             AwsErrorKind::ExpiredToken => "the session credentials expired; refresh them (for SSO: aws sso login) and re-run".to_string(),
             AwsErrorKind::NoCredentials => "no AWS credentials were found; set --profile, AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY".to_string(),
             AwsErrorKind::Network => "the AWS endpoint could not be reached; check the network, --region and --endpoint-url".to_string(),
-            AwsErrorKind::Other(_) => "see the AWS message above".to_string(),
+            AwsErrorKind::Other(_) => "AWS's own code and message are shown above; check the request (names, ARNs, region) and AWS's status".to_string(),
         }
     }
 }
@@ -295,6 +306,27 @@ pub struct AwsError {
 }
 
 impl AwsError {
+    /// Whether the call may have taken effect although it failed: the request may have
+    /// reached AWS but no answer came back (a lost or cut response, a timeout, a
+    /// server-side failure). A clear refusal (AccessDenied, Throttling, LimitExceeded,
+    /// NoSuchEntity...) was not carried out.
+    pub fn is_ambiguous(&self) -> bool {
+        match &self.kind {
+            AwsErrorKind::Network => true,
+            AwsErrorKind::Other(code) if code.starts_with("HTTP 5") => true,
+            AwsErrorKind::Other(code) => matches!(
+                code.as_str(),
+                "DispatchFailure"
+                    | "ResponseError"
+                    | "ServiceFailure"
+                    | "ServiceUnavailable"
+                    | "InternalFailure"
+                    | "InternalError"
+            ),
+            _ => false,
+        }
+    }
+
     /// `action failed: Kind: message`, without advice.
     pub fn summary(&self) -> String {
         match &self.message {
@@ -309,19 +341,40 @@ impl AwsError {
     }
 
     /// Classify an SDK error. `E` is the operation's modeled error type.
-    pub fn from_sdk<E, R>(action: &'static str, err: &SdkError<E, R>) -> Self
+    pub fn from_sdk<E>(action: &'static str, err: &SdkError<E, HttpResponse>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: fmt::Debug + 'static,
     {
         match err {
             SdkError::ServiceError(se) => {
                 let e = se.err();
-                let code = e.code().unwrap_or("Unknown");
-                AwsError {
-                    action,
-                    kind: AwsErrorKind::from_code(code),
-                    message: e.message().map(str::to_string),
+                match e.code() {
+                    Some(code) => AwsError {
+                        action,
+                        kind: AwsErrorKind::from_code(code),
+                        message: e.message().map(str::to_string),
+                    },
+                    // No error code could be read: show what AWS did send (the HTTP
+                    // status and the start of the body), never "Unknown" alone.
+                    None => {
+                        let status = se.raw().status().as_u16();
+                        let body = se
+                            .raw()
+                            .body()
+                            .bytes()
+                            .map(|b| {
+                                String::from_utf8_lossy(b)
+                                    .chars()
+                                    .take(300)
+                                    .collect::<String>()
+                            })
+                            .filter(|b| !b.trim().is_empty());
+                        AwsError {
+                            action,
+                            kind: AwsErrorKind::Other(format!("HTTP {status}")),
+                            message: e.message().map(str::to_string).or(body),
+                        }
+                    }
                 }
             }
             SdkError::DispatchFailure(df) => {

@@ -10,7 +10,7 @@
 use crate::aws::{NewKey, SdkKeyApi};
 use crate::commands::rotate::finish_run;
 use crate::credfile::{SharedFiles, SECRET};
-use crate::engine::{sink_reports, Engine, Progress};
+use crate::engine::{sink_reports, CreateWindow, Engine, Progress};
 use crate::error::{exit, Error, Result};
 use crate::journal::{Journal, RunRecord, RunStatus, StepPhase};
 use crate::plan::{Mode, Step};
@@ -186,7 +186,24 @@ async fn resume_one<J: Journal>(
             }
         }
     }
+    // An interrupted create-key: when could that attempt have made a key?
+    let create_window = steps
+        .iter()
+        .position(|s| matches!(s, Step::CreateKey { .. }))
+        .and_then(|ci| {
+            let intent = rec
+                .steps
+                .iter()
+                .filter(|s| s.index == Some(ci) && s.phase == StepPhase::Intent)
+                .map(|s| s.at)
+                .max()?;
+            let last = rec.steps.iter().map(|s| s.at).max().unwrap_or(intent);
+            Some(CreateWindow::after_crash(intent, last))
+        });
     let mut progress = Progress {
+        create_window,
+        retire_checked: false,
+        created_key_id: rec.new_key_id.clone(),
         next,
         redo,
         new_key,
