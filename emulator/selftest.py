@@ -8,6 +8,7 @@ endpoints, and asserts every fix.  Exits non-zero on the first failure.
 from __future__ import annotations
 
 import csv
+import http.client
 import io
 import json
 import signal
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import boto3
@@ -63,12 +65,12 @@ class Emulator:
         admin = ready["admin"]
         self.admin = (admin["access_key_id"], admin["secret_access_key"], None)
 
-    def client(self, service: str, creds: tuple) -> object:
+    def client(self, service: str, creds: tuple, region: str = "us-east-1") -> object:
         key, secret, token = creds
         return boto3.client(
             service,
             endpoint_url=self.endpoint,
-            region_name="us-east-1",
+            region_name=region,
             aws_access_key_id=key,
             aws_secret_access_key=secret,
             aws_session_token=token,
@@ -418,6 +420,15 @@ def run(emu: Emulator) -> None:
     print("quirks:")
     quirks(emu, iam)
 
+    print("fault injection:")
+    faults(emu, iam)
+
+    print("Secrets Manager stages:")
+    secrets_manager(emu)
+
+    print("CloudTrail:")
+    cloudtrail(emu, iam)
+
 
 def multi_account(emu: Emulator, iam, sts) -> None:
     org = emu.client("organizations", emu.admin)
@@ -552,6 +563,301 @@ def quirks(emu: Emulator, iam) -> None:
           "report row of a user with a password and two keys")
     expect_error(lambda: iam.delete_user(UserName="carol"), "DeleteConflict",
                  "DeleteUser of a user that still has access keys")
+
+
+def faults(emu: Emulator, iam) -> None:
+    """POST /_keyturn/faults: throttle, error, drop-response, delay, seed."""
+    admin = emu.admin
+    status, body = emu.call("POST", "/_keyturn/faults", {"rules": [
+        {"action": "iam:ListUsers", "mode": "throttle", "count": 1}]})
+    check(status == 200 and body["rules"][0]["hits"] == 0, "POST /_keyturn/faults sets the rules")
+    status, _, text = emu.raw("iam", admin, "Action=ListUsers&Version=2010-05-08")
+    check(status == 400, "throttled IAM call -> HTTP 400")
+    check_query_error_xml(text, "Throttling", "throttled IAM call")
+    check("Rate exceeded" in text, "throttle message is AWS's 'Rate exceeded'")
+    status, _, _ = emu.raw("iam", admin, "Action=ListUsers&Version=2010-05-08")
+    check(status == 200, "count: 1 -> only the first matching call is throttled")
+    # boto3's standard retry treats it as throttling and retries it.
+    emu.call("POST", "/_keyturn/faults", {"rules": [
+        {"action": "iam:List*", "mode": "throttle", "count": 2}]})
+    retrying = boto3.client("iam", endpoint_url=emu.endpoint, region_name="us-east-1",
+                            aws_access_key_id=admin[0], aws_secret_access_key=admin[1],
+                            config=Config(retries={"total_max_attempts": 3, "mode": "standard"}))
+    retrying.list_users()
+    _, body = emu.call("GET", "/_keyturn/faults")
+    check(body["rules"][0]["hits"] == 2 and body["rules"][0]["matched"] == 3,
+          "an SDK's standard retry absorbs two throttles (3 attempts, GET shows hits/matched)")
+    emu.call("POST", "/_keyturn/faults", {"rules": [
+        {"action": "organizations:*", "mode": "throttle"},
+        {"action": "kms:ListKeys", "mode": "throttle"}]})
+    status, headers, text = emu.raw("organizations", admin, "{}",
+                                    target="AWSOrganizationsV20161128.ListAccounts")
+    check(status == 400 and json.loads(text)["__type"] == "TooManyRequestsException"
+          and headers["x-amzn-ErrorType"] == "TooManyRequestsException",
+          "throttled Organizations call -> JSON TooManyRequestsException (its real code)")
+    status, headers, text = emu.raw("kms", admin, "{}", target="TrentService.ListKeys")
+    check(status == 400 and json.loads(text)["__type"] == "ThrottlingException"
+          and headers["Content-Type"] == "application/x-amz-json-1.1",
+          "throttled awsJson call -> ThrottlingException, the request's JSON version")
+
+    print("  error rules (match on request parameters):")
+    iam.create_user(UserName="bad-user")
+    iam.create_user(UserName="good-user")
+    emu.call("POST", "/_keyturn/faults", {"rules": [
+        {"action": "iam:CreateAccessKey", "mode": "error", "code": "AccessDenied",
+         "status": 403, "message": "injected denial", "match": {"UserName": "bad-user"}}]})
+    err = expect_error(lambda: iam.create_access_key(UserName="bad-user"), "AccessDenied",
+                       "error rule answers its code for a matching UserName")
+    check(err.response["Error"]["Message"] == "injected denial"
+          and err.response["ResponseMetadata"]["HTTPStatusCode"] == 403,
+          "error rule: given message and status")
+    check(iam.list_access_keys(UserName="bad-user")["AccessKeyMetadata"] == [],
+          "an error rule answers before moto: the call did not take effect")
+    iam.create_access_key(UserName="good-user")
+    expect_error(lambda: iam.create_access_key(UserName="bad-user"), "AccessDenied",
+                 "an error rule without count is permanent")
+    _, body = emu.call("GET", "/_keyturn/faults")
+    check(body["rules"][0]["hits"] == 2 and body["rules"][0]["matched"] == 2,
+          "a call that does not match the parameters is not counted")
+
+    print("  drop-response:")
+    emu.call("POST", "/_keyturn/faults", {"rules": [
+        {"action": "iam:CreateAccessKey", "mode": "drop-response", "count": 1}]})
+    try:
+        emu.raw("iam", admin, "Action=CreateAccessKey&UserName=good-user&Version=2010-05-08")
+        dropped = "answered"
+    except (ConnectionError, http.client.RemoteDisconnected, urllib.error.URLError) as err:
+        dropped = type(err).__name__
+    check(dropped != "answered", f"drop-response: the connection closes with no response ({dropped})")
+    check(len(iam.list_access_keys(UserName="good-user")["AccessKeyMetadata"]) == 2,
+          "drop-response: the call took effect (the second key exists)")
+    status, _, _ = emu.raw("iam", admin, "Action=ListUsers&Version=2010-05-08")
+    check(status == 200, "the next call is answered normally")
+
+    print("  delay and seed:")
+    emu.call("POST", "/_keyturn/faults", {"rules": [
+        {"action": "sts:GetCallerIdentity", "mode": "delay", "ms": 300}]})
+    began = time.monotonic()
+    emu.client("sts", admin).get_caller_identity()
+    check(time.monotonic() - began >= 0.3, "delay: the answer comes after ms")
+
+    def pattern(seed: int) -> list[int]:
+        emu.call("POST", "/_keyturn/faults", {"seed": seed, "rules": [
+            {"action": "sts:GetCallerIdentity", "mode": "throttle", "fraction": 0.5}]})
+        return [emu.raw("sts", admin, "Action=GetCallerIdentity&Version=2011-06-15")[0]
+                for _ in range(20)]
+
+    first, second = pattern(7), pattern(7)
+    check(first == second and 400 in first and 200 in first,
+          f"seed: the same seed throttles the same calls ({first.count(400)}/20 throttled)")
+    emu.call("POST", "/_keyturn/faults", {"rules": [
+        {"action": "cloudtrail:LookupEvents", "mode": "throttle", "rate": 2}]})
+    codes = [emu.raw("cloudtrail", admin, "{}",
+                     target="com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.LookupEvents")[0]
+             for _ in range(6)]
+    check(codes[:2] == [200, 200] and 400 in codes[2:],
+          f"rate: 2 requests/s pass, a burst beyond is throttled ({codes})")
+    status, body = emu.call("POST", "/_keyturn/faults", {"rules": [{"action": "iam", "mode": "x"}]})
+    check(status == 400 and "action" in body["error"], "a bad rule -> 400 naming the problem")
+    status, body = emu.call("POST", "/_keyturn/faults", {"rules": []})
+    check(status == 200 and body["rules"] == [], "rules: [] removes every rule")
+
+
+def secrets_manager(emu: Emulator) -> None:
+    sm = emu.client("secretsmanager", emu.admin)
+    arn = sm.create_secret(Name="ci/bot", SecretString='{"v": 1}')["ARN"]
+    old = sm.get_secret_value(SecretId="ci/bot")["VersionId"]
+    token = "11111111-2222-3333-4444-555555555555"
+    sm.put_secret_value(SecretId="ci/bot", SecretString='{"v": 2}', ClientRequestToken=token,
+                        VersionStages=["AWSPENDING"])
+    expect_error(lambda: sm.put_secret_value(SecretId="ci/bot", SecretString='{"v": 3}',
+                                             ClientRequestToken=token, VersionStages=["AWSPENDING"]),
+                 "ResourceExistsException", "PutSecretValue: same token, different value")
+    again = sm.put_secret_value(SecretId="ci/bot", SecretString='{"v": 2}',
+                                ClientRequestToken=token, VersionStages=["AWSPENDING"])
+    check(again["VersionId"] == token, "PutSecretValue: same token, same value is idempotent")
+    check(sm.get_secret_value(SecretId="ci/bot", VersionStage="AWSPENDING")["SecretString"]
+          == '{"v": 2}', "the AWSPENDING version kept its first value")
+    sm.update_secret_version_stage(SecretId="ci/bot", VersionStage="AWSCURRENT",
+                                   MoveToVersionId=token, RemoveFromVersionId=old)
+    plain = sm.get_secret_value(SecretId="ci/bot")
+    check(plain["SecretString"] == '{"v": 2}' and plain["VersionId"] == token,
+          "plain GetSecretValue returns AWSCURRENT after UpdateSecretVersionStage")
+    batch = sm.batch_get_secret_value(SecretIdList=["ci/bot"])["SecretValues"][0]
+    check(batch["SecretString"] == '{"v": 2}', "BatchGetSecretValue returns AWSCURRENT too")
+    stages = sm.describe_secret(SecretId="ci/bot")["VersionIdsToStages"]
+    check(stages == {old: ["AWSPREVIOUS"], token: ["AWSPENDING", "AWSCURRENT"]},
+          f"DescribeSecret VersionIdsToStages after the move ({stages})")
+    sm.update_secret_version_stage(SecretId="ci/bot", VersionStage="AWSPENDING",
+                                   RemoveFromVersionId=token)
+    third = "66666666-2222-3333-4444-555555555555"
+    sm.put_secret_value(SecretId="ci/bot", SecretString='{"v": 3}', ClientRequestToken=third,
+                        VersionStages=["AWSPENDING"])
+    sm.update_secret_version_stage(SecretId="ci/bot", VersionStage="AWSCURRENT",
+                                   MoveToVersionId=third, RemoveFromVersionId=token)
+    sm.update_secret_version_stage(SecretId="ci/bot", VersionStage="AWSPENDING",
+                                   RemoveFromVersionId=third)
+    stages = sm.describe_secret(SecretId="ci/bot")["VersionIdsToStages"]
+    check(stages == {token: ["AWSPREVIOUS"], third: ["AWSCURRENT"]},
+          "a version with no labels left is not listed in VersionIdsToStages")
+    listed = sm.list_secret_version_ids(SecretId="ci/bot")
+    check(listed["ARN"] == arn and {v["VersionId"] for v in listed["Versions"]} == {token, third},
+          "ListSecretVersionIds: the secret's ARN, no unlabelled versions")
+    deprecated = sm.list_secret_version_ids(SecretId="ci/bot", IncludeDeprecated=True)
+    check(len(deprecated["Versions"]) == 3, "ListSecretVersionIds IncludeDeprecated lists all 3")
+    # Rotation in progress: AWSPENDING on a version other than AWSCURRENT.
+    pending = "77777777-2222-3333-4444-555555555555"
+    sm.put_secret_value(SecretId="ci/bot", SecretString='{"v": 4}', ClientRequestToken=pending,
+                        VersionStages=["AWSPENDING"])
+    expect_error(lambda: sm.rotate_secret(SecretId="ci/bot", RotateImmediately=False),
+                 "InvalidRequestException", "RotateSecret while AWSPENDING is on another version")
+    sm.update_secret_version_stage(SecretId="ci/bot", VersionStage="AWSCURRENT",
+                                   MoveToVersionId=pending, RemoveFromVersionId=third)
+    rotated = sm.rotate_secret(SecretId="ci/bot", RotateImmediately=False)
+    check(bool(rotated["VersionId"]),
+          "RotateSecret after a finished rotation (AWSPENDING on AWSCURRENT) is allowed")
+
+
+def cloudtrail(emu: Emulator, iam) -> None:
+    iam.create_user(UserName="trail-user")
+    key = iam.create_access_key(UserName="trail-user")["AccessKey"]
+    creds = (key["AccessKeyId"], key["SecretAccessKey"], None)
+    iam.put_user_policy(UserName="trail-user", PolicyName="ct", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": [
+            "cloudtrail:LookupEvents", "iam:ListUsers"], "Resource": "*"}]}))
+    user_iam = emu.client("iam", creds)
+    user_iam.list_users()
+    expect_error(lambda: user_iam.create_user(UserName="nope"), "AccessDenied",
+                 "trail-user may not CreateUser")
+    emu.call("POST", "/_keyturn/source-ip", {"ip": "10.0.4.17"})
+    emu.client("sts", creds).get_caller_identity()
+    emu.call("POST", "/_keyturn/source-ip", {"ip": None})
+    emu.client("secretsmanager", creds, region="eu-west-1")
+    try:
+        emu.client("secretsmanager", creds, region="eu-west-1").list_secrets()
+    except ClientError:
+        pass  # AccessDenied is recorded too
+    expect_error(lambda: emu.client("sts", (creds[0], "x" * 40, None)).get_caller_identity(),
+                 "SignatureDoesNotMatch", "a request with a wrong secret")
+    ct = emu.client("cloudtrail", emu.admin)
+    by_key = [{"AttributeKey": "AccessKeyId", "AttributeValue": creds[0]}]
+    events = ct.lookup_events(LookupAttributes=by_key)["Events"]
+    names = [e["EventName"] for e in events]
+    check(names == ["GetCallerIdentity", "CreateUser", "ListUsers"],
+          f"us-east-1: IAM/STS events of the key, newest first, rejected signature not recorded ({names})")
+    record = json.loads(events[0]["CloudTrailEvent"])
+    check(events[0]["EventSource"] == "sts.amazonaws.com" and events[0]["ReadOnly"] == "true"
+          and events[0]["Username"] == "trail-user" and events[0]["AccessKeyId"] == creds[0],
+          "Event: EventSource, ReadOnly (a string), Username, AccessKeyId")
+    check(record["sourceIPAddress"] == "10.0.4.17" and record["userAgent"].startswith("Boto3/")
+          and record["awsRegion"] == "us-east-1" and record["userIdentity"]["type"] == "IAMUser"
+          and record["userIdentity"]["arn"].endswith(":user/trail-user")
+          and record["userIdentity"]["accessKeyId"] == creds[0] and record["readOnly"] is True
+          and record["eventID"] == events[0]["EventId"],
+          "CloudTrailEvent JSON: source IP from /_keyturn/source-ip, user agent, userIdentity")
+    denied = json.loads(events[1]["CloudTrailEvent"])
+    check(denied["errorCode"] == "AccessDenied" and events[1]["ReadOnly"] == "false"
+          and denied["requestParameters"] == {"userName": "nope"}
+          and {"ResourceType": "AWS::IAM::User", "ResourceName": "nope"} in events[1]["Resources"],
+          "an AccessDenied call is recorded with errorCode, requestParameters and Resources")
+    eu = emu.client("cloudtrail", emu.admin, region="eu-west-1").lookup_events(
+        LookupAttributes=by_key)["Events"]
+    check([e["EventName"] for e in eu] == ["ListSecrets"],
+          "eu-west-1 sees only the event signed for eu-west-1")
+    status, _, _ = emu.raw("sts", creds, "Action=GetCallerIdentity&Version=2011-06-15")
+    headers = {"X-Keyturn-Source-Ip": "192.0.2.5"}
+    request = AWSRequest(method="POST", url=emu.endpoint + "/",
+                         data="Action=GetCallerIdentity&Version=2011-06-15",
+                         headers={"Content-Type": "application/x-www-form-urlencoded", **headers})
+    SigV4Auth(Credentials(*creds[:2]), "sts", "us-east-1").add_auth(request)
+    prepared = request.prepare()
+    urllib.request.urlopen(urllib.request.Request(
+        prepared.url, data=prepared.body.encode(), headers=dict(prepared.headers), method="POST"))
+    latest = ct.lookup_events(LookupAttributes=by_key, MaxResults=1)["Events"][0]
+    check(json.loads(latest["CloudTrailEvent"])["sourceIPAddress"] == "192.0.2.5",
+          "the X-Keyturn-Source-Ip header sets the recorded source IP")
+
+    print("  paging, attributes, window:")
+    status, body = emu.call("POST", "/_keyturn/cloudtrail/events", {"events": [
+        {"access_key_id": creds[0], "event_name": "ListBuckets", "event_source": "s3.amazonaws.com",
+         "aws_region": "us-east-1", "source_ip": "10.0.9.9", "user_agent": "aws-cli/2.15.30",
+         "hours_ago": 2, "count": 120, "interval_seconds": 30},
+        {"access_key_id": creds[0], "event_name": "DescribeInstances",
+         "event_source": "ec2.amazonaws.com", "aws_region": "us-east-1", "hours_ago": 24 * 100}]})
+    check(status == 200 and body["injected"] == 121, "POST /_keyturn/cloudtrail/events injects")
+    pages, seen, token = 0, [], None
+    while True:
+        kwargs = {"NextToken": token} if token else {}
+        page = ct.lookup_events(LookupAttributes=by_key, MaxResults=50, **kwargs)
+        pages += 1
+        seen += page["Events"]
+        token = page.get("NextToken")
+        if not token:
+            break
+    times = [e["EventTime"] for e in seen]
+    check(pages == 3 and len(seen) == 125 and len({e["EventId"] for e in seen}) == 125
+          and times == sorted(times, reverse=True),
+          f"NextToken pages 125 events in 3 pages of <= 50, newest first, none twice ({pages} pages)")
+    check(not any(e["EventName"] == "DescribeInstances" for e in seen),
+          "an event older than 90 days is not returned")
+    paginated = [e for p in ct.get_paginator("lookup_events").paginate(
+        LookupAttributes=by_key, PaginationConfig={"PageSize": 7}) for e in p["Events"]]
+    check(len(paginated) == 125, "boto3's LookupEvents paginator walks every page")
+    window = ct.lookup_events(LookupAttributes=by_key, StartTime=datetime.now(timezone.utc)
+                              - timedelta(hours=1))["Events"]
+    check([e["EventName"] for e in window][-1] == "ListUsers" and len(window) == 5,
+          "StartTime: only the last hour's 5 events")
+    old_end = ct.lookup_events(LookupAttributes=by_key, EndTime=datetime.now(timezone.utc)
+                               - timedelta(hours=1))["Events"]
+    check(len(old_end) == 50 and all(e["EventName"] == "ListBuckets" for e in old_end),
+          "EndTime: only older events")
+    s3 = ct.lookup_events(LookupAttributes=[{"AttributeKey": "EventSource",
+                                             "AttributeValue": "s3.amazonaws.com"}])
+    check(len(s3["Events"]) == 50 and "NextToken" in s3, "EventSource lookup")
+    for key_name, value, want in (("EventName", "CreateUser", 1), ("Username", "trail-user", 50),
+                                  ("ReadOnly", "false", 5), ("ResourceName", "nope", 1)):
+        got = ct.lookup_events(LookupAttributes=[{"AttributeKey": key_name,
+                                                  "AttributeValue": value}])["Events"]
+        check(len(got) >= want and all(key_name != "EventName" or e["EventName"] == value
+                                       for e in got), f"{key_name} lookup")
+    expect_error(lambda: ct.lookup_events(LookupAttributes=by_key * 2),
+                 "InvalidLookupAttributesException", "two lookup attributes")
+    expect_error(lambda: ct.lookup_events(MaxResults=51), "InvalidMaxResultsException",
+                 "MaxResults 51")
+    expect_error(lambda: ct.lookup_events(StartTime=datetime.now(timezone.utc),
+                                          EndTime=datetime.now(timezone.utc) - timedelta(hours=1)),
+                 "InvalidTimeRangeException", "StartTime after EndTime")
+    first = ct.lookup_events(LookupAttributes=by_key, MaxResults=5)
+    expect_error(lambda: ct.lookup_events(MaxResults=5, NextToken=first["NextToken"]),
+                 "InvalidNextTokenException", "a NextToken used with other parameters")
+
+    print("  time travel:")
+    status, body = emu.call("POST", "/_keyturn/cloudtrail/events",
+                            {"access_key_id": creds[0], "shift_hours": -30})
+    check(status == 200 and body["shifted"] == 127, f"shift_hours moves the key's events ({body})")
+    recent = ct.lookup_events(LookupAttributes=by_key, StartTime=datetime.now(timezone.utc)
+                              - timedelta(hours=24))["Events"]
+    check(recent == [], "after shifting 30 h back, nothing in the last 24 h")
+    status, body = emu.call("GET", f"/_keyturn/cloudtrail/events?access_key_id={creds[0]}")
+    check(status == 200 and body["count"] == 127, "GET /_keyturn/cloudtrail/events lists them")
+    emu.call("POST", "/_keyturn/faults", {"rules": [
+        {"action": "cloudtrail:LookupEvents", "mode": "throttle", "count": 2}]})
+    expect_error(lambda: ct.lookup_events(MaxResults=1), "ThrottlingException",
+                 "LookupEvents is throttled by a fault rule (both attempts)")
+    emu.call("POST", "/_keyturn/faults", {"rules": []})
+
+    print("  Account ListRegions:")
+    account = emu.client("account", emu.admin)
+    enabled = [r["RegionName"] for p in account.get_paginator("list_regions").paginate(
+        RegionOptStatusContains=["ENABLED", "ENABLED_BY_DEFAULT"]) for r in p["Regions"]]
+    check(len(enabled) == 17 and "us-east-1" in enabled and "af-south-1" not in enabled,
+          "ListRegions: the 17 default regions are enabled, opt-in ones are not")
+    emu.call("POST", "/_keyturn/regions", {"enabled": ["af-south-1"]})
+    status = {r["RegionName"]: r["RegionOptStatus"]
+              for r in account.list_regions(MaxResults=50)["Regions"]}
+    check(status["af-south-1"] == "ENABLED" and status["me-south-1"] == "DISABLED"
+          and status["eu-west-1"] == "ENABLED_BY_DEFAULT",
+          "POST /_keyturn/regions enables an opt-in region")
 
 
 if __name__ == "__main__":
