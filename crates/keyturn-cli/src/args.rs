@@ -327,6 +327,11 @@ impl RotateArgs {
             .verify_timeout
             .or(file.rotate.verify_timeout)
             .unwrap_or(60);
+        if !(1..=3600).contains(&timeout) {
+            return Err(Error::InvalidInput(format!(
+                "config rotate.verify_timeout = {timeout}: expected 1-3600 seconds"
+            )));
+        }
         let owner = match (&self.user, &self.remote.profile) {
             (Some(u), _) if u.trim().is_empty() => {
                 return Err(Error::InvalidInput("--user must not be empty".into()))

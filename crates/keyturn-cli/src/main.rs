@@ -10,9 +10,25 @@ use keyturn::printer::Printer;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+/// Environment variables that would make the AWS SDK log response bodies (new secret
+/// access keys among them) are removed before any thread starts: keyturn stays silent
+/// about secrets whatever the environment says.
+const SENSITIVE_LOGGING_VARS: [&str; 1] = ["LOG_SENSITIVE_BODIES"];
+
 fn main() -> ExitCode {
+    let scrubbed: Vec<&str> = SENSITIVE_LOGGING_VARS
+        .into_iter()
+        .filter(|v| std::env::var_os(v).is_some())
+        .collect();
+    for v in &scrubbed {
+        // Single-threaded here: no other thread can read the environment concurrently.
+        std::env::remove_var(v);
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
+    for v in scrubbed {
+        tracing::debug!("ignored {v}: keyturn never logs request or response bodies");
+    }
     let printer = Printer::stdio(cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -240,6 +240,11 @@ impl Emulator {
         self.post("/_keyturn/propagation-delay", json!({ "seconds": seconds }));
     }
 
+    /// Replace the emulator's fault rules (`POST /_keyturn/faults`).
+    pub fn faults(&self, rules: Value) -> Value {
+        self.post("/_keyturn/faults", json!({ "seed": 7, "rules": rules }))
+    }
+
     pub fn stats(&self) -> Value {
         self.get("/_keyturn/stats")
     }
