@@ -19,5 +19,8 @@
 //! budget) builds on these; `docs/fleet.md` documents the policy file, the lifecycle and
 //! the report schema.
 
+pub mod history;
+pub mod planner;
 pub mod policy;
+pub mod report;
 pub mod select;
