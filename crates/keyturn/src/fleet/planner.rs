@@ -36,7 +36,7 @@
 
 use crate::fleet::history::{Created, CreatedKey, KeyHistory, Sighting};
 use crate::fleet::policy::{EffectiveRotation, Lifecycle, Retire, UsageSource};
-use crate::fleet::report::Outcome;
+use crate::fleet::report::{Outcome, UserReport};
 use crate::model::{AccessKeyInfo, KeyStatus, LastUsed, Usage, MAX_KEYS_PER_USER};
 use serde::Serialize;
 use time::{Duration, OffsetDateTime};
@@ -225,6 +225,31 @@ impl Decision {
             | Action::Wait { reason }
             | Action::Ok { reason, .. }
             | Action::NeedsAttention { reason } => reason,
+        }
+    }
+
+    /// The report line of this decision before it is carried out (`--dry-run`, the
+    /// status page); the runner fills in new key ids, sinks and run ids as it goes.
+    pub fn planned_report(&self, user_name: &str, rotation: &str) -> UserReport {
+        let retired = match &self.action {
+            Action::Retire { access_key_id, .. } | Action::Delete { access_key_id, .. } => {
+                Some(access_key_id.clone())
+            }
+            Action::Rotate(r) if r.retire_after_verify => r.replaces.clone(),
+            _ => None,
+        };
+        UserReport {
+            user_name: user_name.to_string(),
+            rotation: rotation.to_string(),
+            outcome: self.outcome(),
+            reason: self.reason().to_string(),
+            new_access_key_id: None,
+            retired_access_key_id: retired,
+            sinks: None,
+            run_id: match &self.action {
+                Action::Resume { run_id, .. } => Some(run_id.clone()),
+                _ => None,
+            },
         }
     }
 
@@ -435,7 +460,8 @@ fn one_active_key(
             return Decision::new(Action::Delete {
                 access_key_id: i.access_key_id.clone(),
                 reason: format!(
-                    "keyturn deactivated it {} days ago (run {}); delete_after_days = {}",
+                    "keyturn deactivated {} {} days ago (run {}); delete_after_days = {}",
+                    i.access_key_id,
                     days(now - d.at).max(0),
                     d.run_id,
                     l.delete_after_days

@@ -794,6 +794,60 @@ fn decisions_serialize_with_an_action_tag() {
 }
 
 #[test]
+fn planned_reports_carry_outcome_reason_and_keys() {
+    let mut h = KeyHistory::default();
+    deactivated(&mut h, "OLD", hours(24 * 8));
+    let dec = d(
+        &facts(vec![active("NEW", 10), inactive("OLD", 100)], h),
+        &life(),
+    );
+    let r = dec.planned_report("ci", "bots");
+    assert_eq!(
+        (r.outcome, r.retired_access_key_id.as_deref()),
+        (Outcome::Deleted, Some("OLD"))
+    );
+    assert_eq!(
+        r.reason,
+        "keyturn deactivated OLD 8 days ago (run R0); delete_after_days = 7"
+    );
+    assert_eq!((r.user_name.as_str(), r.rotation.as_str()), ("ci", "bots"));
+    let l = Lifecycle {
+        retire: Retire::AfterVerify,
+        ..life()
+    };
+    let r =
+        d(&facts(vec![active("K", 80)], KeyHistory::default()), &l).planned_report("ci", "bots");
+    assert_eq!(
+        (r.outcome, r.retired_access_key_id.as_deref()),
+        (Outcome::Rotated, Some("K"))
+    );
+    let r = d(
+        &facts(vec![active("K", 80)], KeyHistory::default()),
+        &life(),
+    )
+    .planned_report("ci", "bots");
+    assert_eq!(
+        r.retired_access_key_id, None,
+        "when-switched retires in a later run"
+    );
+    let h = KeyHistory {
+        open_run: Some(OpenRun {
+            run_id: "R7".into(),
+            status: "incomplete".into(),
+            creates_key: true,
+            deactivates: false,
+        }),
+        ..KeyHistory::default()
+    };
+    let r = d(&facts(vec![active("K", 80)], h), &life()).planned_report("ci", "bots");
+    assert_eq!(
+        (r.outcome, r.run_id.as_deref()),
+        (Outcome::Rotated, Some("R7"))
+    );
+    assert!(r.reason.contains("stopped with work left"), "{}", r.reason);
+}
+
+#[test]
 fn decide_uses_the_blocks_lifecycle() {
     let p = crate::fleet::policy::EffectiveRotation {
         name: "b".into(),
