@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use keyturn::audit::render::Format;
 use keyturn::audit::{accounts::is_role_arn, AuditOptions, Policy, Source};
 use keyturn::commands::audit::AuditSettings;
+use keyturn::commands::config_check::ConfigCheckSettings;
 use keyturn::commands::history::HistorySettings;
 use keyturn::commands::resume::ResumeSettings;
 use keyturn::commands::rollback::RollbackSettings;
@@ -92,6 +93,27 @@ pub enum Command {
     /// stale Inactive, root key), in one account, several, or a whole Organization.
     #[command(after_help = AUDIT_AFTER_HELP)]
     Audit(AuditArgs),
+
+    /// Work with the settings file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Parse and validate the settings file (--config FILE, else the default one) and
+    /// say what each [[rotations]] block selects and does. No AWS call.
+    #[command(after_help = "\
+Exit codes:
+  0  the file is valid
+  2  it is not: every error is on stderr as FILE:LINE: key: message")]
+    Check,
+}
+
+impl ConfigCommand {
+    pub fn check_settings(config: Option<PathBuf>) -> ConfigCheckSettings {
+        ConfigCheckSettings { path: config }
+    }
 }
 
 impl Cli {

@@ -53,7 +53,11 @@ fn main() -> ExitCode {
 async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
     use keyturn::commands::{history, resume, rollback, rotate};
     use keyturn::remote::RemoteConfig;
-    let file = keyturn::config::FileConfig::load(cli.config.as_deref())?;
+    let file = match &cli.command {
+        // `config check` reads the file itself, to report every error in it.
+        Command::Config(_) => keyturn::config::FileConfig::default(),
+        _ => keyturn::config::FileConfig::load(cli.config.as_deref())?,
+    };
     let journal = cli.journal_settings(&file);
     match &cli.command {
         Command::Rotate(a) => {
@@ -81,6 +85,10 @@ async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
         Command::Audit(a) => {
             let settings = a.resolve(&file)?;
             keyturn::commands::audit::audit(&settings, printer).await
+        }
+        Command::Config(args::ConfigCommand::Check) => {
+            let settings = args::ConfigCommand::check_settings(cli.config.clone());
+            keyturn::commands::config_check::config_check(&settings, printer).await
         }
     }
 }

@@ -5,8 +5,10 @@
 //! committed `keyturn.example.toml` documents every key.
 
 use crate::error::{Error, Result};
+use crate::fleet::policy::{AccountFile, FleetPolicy, PolicyFile, RotationFile};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use toml::Spanned;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,9 +19,28 @@ pub struct FileConfig {
     pub journal: JournalFile,
     #[serde(default)]
     pub audit: AuditFile,
+    /// Fleet runs: the defaults of every `[[rotations]]` block.
+    #[serde(default)]
+    pub policy: PolicyFile,
+    /// Fleet runs: the accounts (none: the caller's own account).
+    #[serde(default)]
+    pub accounts: Vec<Spanned<AccountFile>>,
+    /// Fleet runs: which users, in the order they are matched.
+    #[serde(default)]
+    pub rotations: Vec<Spanned<RotationFile>>,
     /// `[[sinks]]`: where new keys are delivered (see [`crate::sink`]).
     #[serde(default)]
     pub sinks: Vec<crate::sink::SinkSpec>,
+    /// The file this was read from (for line numbers in later errors).
+    #[serde(skip)]
+    pub origin: Option<Origin>,
+}
+
+/// Where a [`FileConfig`] came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub path: PathBuf,
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -77,13 +98,62 @@ impl FileConfig {
                 )))
             }
         };
-        Self::parse(&text).map_err(|m| {
-            Error::InvalidInput(format!("invalid config file {}: {m}", path.display()))
-        })
+        Self::from_text(&path, text)
+            .map_err(|m| Error::InvalidInput(format!("invalid config file {m}")))
+    }
+
+    /// Parse the contents of `path`. Errors read `PATH:LINE: message`.
+    pub fn from_text(path: &Path, text: String) -> std::result::Result<Self, String> {
+        let mut cfg: Self = toml::from_str(&text)
+            .map_err(|e| toml_error(&path.display().to_string(), &text, &e))?;
+        cfg.origin = Some(Origin {
+            path: path.to_path_buf(),
+            text,
+        });
+        Ok(cfg)
     }
 
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The names declared in `[[sinks]]`.
+    pub fn sink_names(&self) -> Vec<&str> {
+        self.sinks.iter().map(|s| s.name()).collect()
+    }
+
+    /// Validate and resolve the fleet policy (`[policy]`, `[[accounts]]`,
+    /// `[[rotations]]`). Every error is reported, one per line, as `PATH:LINE: key:
+    /// message`.
+    pub fn fleet_policy(&self) -> Result<FleetPolicy> {
+        FleetPolicy::resolve(
+            &self.policy,
+            &self.accounts,
+            &self.rotations,
+            &self.sink_names(),
+        )
+        .map_err(|errs| {
+            let (file, text) = match &self.origin {
+                Some(o) => (o.path.display().to_string(), Some(o.text.as_str())),
+                None => ("settings file".to_string(), None),
+            };
+            Error::InvalidInput(format!(
+                "invalid fleet policy:\n{}",
+                errs.render(&file, text)
+            ))
+        })
+    }
+}
+
+/// `FILE:LINE: message` for a TOML syntax or schema error.
+pub fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(s) => format!(
+            "{file}:{}: {}",
+            crate::fleet::policy::line_of(text, s.start),
+            e.message().trim_end()
+        ),
+        None => format!("{file}: {}", e.message().trim_end()),
     }
 }
 
@@ -97,6 +167,52 @@ mod tests {
         let cfg = FileConfig::parse(text).unwrap();
         assert_eq!(cfg.rotate.verify_timeout, Some(60));
         assert_eq!(cfg.audit.max_age_days, Some(90));
+        // The fleet sections are valid as written, and set every policy key.
+        let policy = cfg.fleet_policy().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!policy.accounts.is_empty() && !policy.rotations.is_empty());
+        assert_eq!(policy.defaults, crate::fleet::policy::Lifecycle::default());
+        assert_eq!(policy.limits, crate::fleet::policy::Limits::default());
+        for key in [
+            "max_age_days",
+            "rotate_before_days",
+            "retire",
+            "grace_days",
+            "delete_after_days",
+            "delete_inactive",
+            "verify_timeout",
+            "concurrency",
+            "max_failures",
+            "canary",
+            "usage",
+            "quiet_hours",
+        ] {
+            let set = text.lines().any(|l| l.starts_with(&format!("{key} = ")));
+            assert!(set, "[policy] key {key} is not in keyturn.example.toml");
+        }
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let path = Path::new("/etc/keyturn.toml");
+        let err =
+            FileConfig::from_text(path, "[rotate]\n\nverify_timout = 5\n".into()).unwrap_err();
+        assert!(
+            err.starts_with("/etc/keyturn.toml:3: unknown field `verify_timout`"),
+            "{err}"
+        );
+        let cfg = FileConfig::from_text(
+            path,
+            "[[sinks]]\nname = \"s\"\ntype = \"env-file\"\npath = \"/tmp/s.env\"\n[[rotations]]\nname = \"r\"\nsinks = [\"t\"]\n".into(),
+        )
+        .unwrap();
+        assert_eq!(cfg.sink_names(), ["s"]);
+        let err = cfg.fleet_policy().unwrap_err().to_string();
+        assert!(
+            err.contains("/etc/keyturn.toml:7: rotations[0].sinks: \"t\" is not declared in [[sinks]] (declared: s)"),
+            "{err}"
+        );
+        let err = FileConfig::from_text(path, "[[sinks]]\ntype = \"x\"\n".into()).unwrap_err();
+        assert!(err.contains("unknown variant `x`"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`journal`]: the durable record that makes rotations resumable;
 //! - [`printer`], [`report`]: the one place output is produced;
 //! - [`audit`]: the access-key audit rules, sources and output formats;
+//! - [`fleet`]: fleet runs: the policy file, the pure fleet planner, the report;
 //! - [`commands`]: one module per subcommand.
 
 pub mod audit;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod failpoint;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod fleet;
 pub mod journal;
 pub mod model;
 pub mod plan;

@@ -2,6 +2,7 @@
 //! settings and a [`crate::printer::Printer`] and returns the process exit code.
 
 pub mod audit;
+pub mod config_check;
 pub mod history;
 pub mod resume;
 pub mod rollback;
