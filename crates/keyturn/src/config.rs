@@ -17,6 +17,8 @@ pub struct FileConfig {
     pub journal: JournalFile,
     #[serde(default)]
     pub audit: AuditFile,
+    #[serde(default)]
+    pub usage: UsageFile,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -42,6 +44,15 @@ pub struct AuditFile {
     pub max_age_days: Option<u32>,
     pub max_unused_days: Option<u32>,
     pub concurrency: Option<usize>,
+}
+
+/// `[usage]`: where keyturn looks for CloudTrail evidence of a key's consumers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageFile {
+    /// Regions whose CloudTrail `LookupEvents` is asked. Unset: the account's enabled
+    /// regions (`account:ListRegions`).
+    pub regions: Option<Vec<String>>,
 }
 
 /// `$XDG_CONFIG_HOME/keyturn/config.toml` (or `~/.config/…`).
@@ -94,6 +105,17 @@ mod tests {
         let cfg = FileConfig::parse(text).unwrap();
         assert_eq!(cfg.rotate.verify_timeout, Some(60));
         assert_eq!(cfg.audit.max_age_days, Some(90));
+        assert_eq!(cfg.usage.regions, None);
+    }
+
+    #[test]
+    fn usage_regions_parse() {
+        let cfg = FileConfig::parse("[usage]\nregions = [\"us-east-1\", \"eu-west-1\"]\n").unwrap();
+        assert_eq!(
+            cfg.usage.regions,
+            Some(vec!["us-east-1".to_string(), "eu-west-1".to_string()])
+        );
+        assert!(FileConfig::parse("[usage]\nregion = []\n").is_err());
     }
 
     #[test]

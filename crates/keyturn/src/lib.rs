@@ -9,6 +9,7 @@
 //! - [`journal`]: the durable record that makes rotations resumable;
 //! - [`printer`], [`report`]: the one place output is produced;
 //! - [`audit`]: the access-key audit rules, sources and output formats;
+//! - [`usage`]: who uses an access key, from CloudTrail management events;
 //! - [`commands`]: one module per subcommand.
 
 pub mod audit;
@@ -28,6 +29,7 @@ pub mod printer;
 pub mod remote;
 pub mod report;
 pub mod secret;
+pub mod usage;
 pub mod verify;
 
 pub use error::{Error, Result};
