@@ -1865,7 +1865,7 @@ class Endpoints:
             identity["accountId"] if identity else DEFAULT_ACCOUNT_ID)
         source = spec.get("event_source") or "iam.amazonaws.com"
         service = source.split(".", 1)[0]
-        region = spec.get("aws_region") or (REGION if service in GLOBAL_SERVICES else REGION)
+        region = spec.get("aws_region") or REGION
         if spec.get("event_time") is not None:
             at = parse_time(spec["event_time"], f"event {i}: event_time").replace(microsecond=0)
         else:

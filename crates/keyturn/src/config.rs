@@ -31,6 +31,9 @@ pub struct FileConfig {
     /// `[[sinks]]`: where new keys are delivered (see [`crate::sink`]).
     #[serde(default)]
     pub sinks: Vec<crate::sink::SinkSpec>,
+    /// `[usage]`: where CloudTrail is asked who uses a key.
+    #[serde(default)]
+    pub usage: UsageFile,
     /// The file this was read from (for line numbers in later errors).
     #[serde(skip)]
     pub origin: Option<Origin>,
@@ -66,6 +69,15 @@ pub struct AuditFile {
     pub max_age_days: Option<u32>,
     pub max_unused_days: Option<u32>,
     pub concurrency: Option<usize>,
+}
+
+/// `[usage]`: where keyturn looks for CloudTrail evidence of a key's consumers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageFile {
+    /// Regions whose CloudTrail `LookupEvents` is asked. Unset: the account's enabled
+    /// regions (`account:ListRegions`).
+    pub regions: Option<Vec<String>>,
 }
 
 /// `$XDG_CONFIG_HOME/keyturn/config.toml` (or `~/.config/…`).
@@ -220,6 +232,22 @@ mod tests {
         let cfg = FileConfig::parse(include_str!("../../../keyturn.example.toml")).unwrap();
         assert!(cfg.sinks.len() >= 6);
         crate::sink::validate_declared(&cfg.sinks).unwrap();
+    }
+
+    #[test]
+    fn example_usage_regions_are_unset() {
+        let cfg = FileConfig::parse(include_str!("../../../keyturn.example.toml")).unwrap();
+        assert_eq!(cfg.usage.regions, None);
+    }
+
+    #[test]
+    fn usage_regions_parse() {
+        let cfg = FileConfig::parse("[usage]\nregions = [\"us-east-1\", \"eu-west-1\"]\n").unwrap();
+        assert_eq!(
+            cfg.usage.regions,
+            Some(vec!["us-east-1".to_string(), "eu-west-1".to_string()])
+        );
+        assert!(FileConfig::parse("[usage]\nregion = []\n").is_err());
     }
 
     #[test]

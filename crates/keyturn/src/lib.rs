@@ -10,6 +10,7 @@
 //! - [`printer`], [`report`]: the one place output is produced;
 //! - [`audit`]: the access-key audit rules, sources and output formats;
 //! - [`fleet`]: fleet runs: the policy file, the pure fleet planner, the report;
+//! - [`usage`]: who uses an access key, from CloudTrail management events;
 //! - [`commands`]: one module per subcommand.
 
 pub mod audit;
@@ -31,6 +32,7 @@ pub mod remote;
 pub mod report;
 pub mod secret;
 pub mod sink;
+pub mod usage;
 pub mod verify;
 
 pub use error::{Error, Result};

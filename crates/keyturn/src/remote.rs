@@ -8,7 +8,7 @@
 
 use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::retry::RetryConfig;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::{AppName, BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use serde::Serialize;
 use std::time::Duration;
@@ -16,6 +16,11 @@ use std::time::Duration;
 /// IAM is a global service; when no region is configured anywhere, keyturn signs for
 /// this one (as the AWS CLI does for `aws iam`).
 pub const FALLBACK_REGION: &str = "us-east-1";
+
+/// The SDK app name: every request keyturn signs carries `app/keyturn` in its user
+/// agent, which is how [`crate::usage`] tells keyturn's own calls (verification,
+/// retirement) from a key's real consumers in CloudTrail.
+pub const APP_NAME: &str = "keyturn";
 
 /// Flags that select the AWS endpoint and caller. `None` means "use the default chain".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -34,6 +39,7 @@ impl RemoteConfig {
     /// Like [`RemoteConfig::load`], signing with `credentials` instead of the chain.
     pub async fn load_with(&self, credentials: Option<Credentials>) -> SdkConfig {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .app_name(AppName::new(APP_NAME).expect("a valid app name"))
             // Standard retries with jittered backoff; IAM throttles at a few requests per
             // second per account, so allow more attempts than the SDK's default three.
             .retry_config(
