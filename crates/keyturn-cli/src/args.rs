@@ -219,6 +219,7 @@ impl RemoteArgs {
             profile: self.profile.clone(),
             region: self.region.clone(),
             endpoint_url: self.endpoint_url.clone(),
+            ..RemoteConfig::default()
         }
     }
 }
@@ -533,6 +534,7 @@ impl AuditArgs {
                     profile: None,
                     region: self.region.clone(),
                     endpoint_url: self.endpoint_url.clone(),
+                    ..RemoteConfig::default()
                 },
                 profiles: self.profiles.clone(),
                 role_arns: self.role_arns.clone(),
