@@ -2,8 +2,9 @@
 //! settings structs. Precedence: flag > environment variable > config file > default.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use keyturn::access::{is_role_arn, is_role_name};
 use keyturn::audit::render::Format;
-use keyturn::audit::{accounts::is_role_arn, AuditOptions, Policy, Source};
+use keyturn::audit::{AuditOptions, Policy, Source};
 use keyturn::commands::audit::AuditSettings;
 use keyturn::commands::history::HistorySettings;
 use keyturn::commands::resume::ResumeSettings;
@@ -466,13 +467,6 @@ pub struct AuditArgs {
     pub endpoint_url: Option<String>,
 }
 
-/// IAM role names: 1-64 of `A-Za-z0-9+=,.@_-`.
-fn valid_role_name(n: &str) -> bool {
-    (1..=64).contains(&n.len())
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
-}
-
 /// IAM paths: `/`, or `/` + printable ASCII + `/`, at most 512 characters.
 fn valid_user_path(p: &str) -> bool {
     p.len() <= 512
@@ -520,7 +514,7 @@ impl AuditArgs {
                 "--role-arn {a:?}: expected an IAM role ARN like arn:aws:iam::123456789012:role/NAME"
             ));
         }
-        if let Some(n) = self.role_name.as_deref().filter(|n| !valid_role_name(n)) {
+        if let Some(n) = self.role_name.as_deref().filter(|n| !is_role_name(n)) {
             return bad(format!(
                 "--role-name {n:?}: expected an IAM role name (1-64 of A-Z a-z 0-9 + = , . @ _ -)"
             ));
