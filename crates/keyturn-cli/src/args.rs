@@ -93,6 +93,10 @@ pub enum Command {
     /// stale Inactive, root key), in one account, several, or a whole Organization.
     #[command(after_help = AUDIT_AFTER_HELP)]
     Audit(AuditArgs),
+
+    /// Print a shell completion script for bash, zsh, fish or powershell on stdout.
+    #[command(after_help = COMPLETIONS_AFTER_HELP)]
+    Completions(CompletionsArgs),
 }
 
 impl Cli {
@@ -559,4 +563,27 @@ impl AuditArgs {
             color,
         })
     }
+}
+
+const COMPLETIONS_AFTER_HELP: &str = "\
+Install (the script is generated from this binary's own flags, so regenerate it after
+an upgrade):
+  bash        keyturn completions bash > ~/.local/share/bash-completion/completions/keyturn
+  zsh         keyturn completions zsh > ~/.zfunc/_keyturn   (with fpath+=~/.zfunc before compinit)
+  fish        keyturn completions fish > ~/.config/fish/completions/keyturn.fish
+  powershell  keyturn completions powershell >> $PROFILE";
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
+    Powershell,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: ShellArg,
 }

@@ -2,6 +2,7 @@
 //! library, map the result to an exit code. No rotation logic lives here.
 
 mod args;
+mod generate;
 
 use args::{Cli, Command};
 use clap::Parser;
@@ -11,6 +12,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    if let Some(code) = generate::man_pages_from_argv() {
+        return code;
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let printer = Printer::stdio(cli.quiet);
@@ -37,6 +41,10 @@ fn main() -> ExitCode {
 async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
     use keyturn::commands::{history, resume, rollback, rotate};
     use keyturn::remote::RemoteConfig;
+    // Generated from the flags alone: no settings file, no AWS.
+    if let Command::Completions(a) = &cli.command {
+        return generate::completions(a, printer);
+    }
     let file = keyturn::config::FileConfig::load(cli.config.as_deref())?;
     let journal = cli.journal_settings(&file);
     match &cli.command {
@@ -66,6 +74,7 @@ async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
             let settings = a.resolve(&file)?;
             keyturn::commands::audit::audit(&settings, printer).await
         }
+        Command::Completions(_) => unreachable!("handled above"),
     }
 }
 
