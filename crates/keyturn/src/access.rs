@@ -30,6 +30,12 @@
 //! Each role account gets its own cache: the SDK's shared cache holds at most 64
 //! credential providers and evicts arbitrary ones beyond that, which would make a
 //! fleet of more accounts re-assume roles over and over.
+//!
+//! Retries are per account too: [`Account::iam_client`] and [`Account::sts_client`]
+//! give each account its own SDK retry partition (retry quota and, in
+//! [`crate::remote::RetryMode::Adaptive`], client-side rate limiter), since IAM
+//! throttles each account separately and the SDK would otherwise share one per
+//! service across the process.
 
 use crate::aws::{KeyApi, SdkKeyApi};
 use crate::error::{chain, AwsError, AwsErrorKind, Error, Result};
@@ -40,6 +46,7 @@ use aws_config::SdkConfig;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{future, ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
+use aws_sdk_iam::config::retry::RetryPartition;
 use aws_sdk_organizations::types::{AccountState, AccountStatus};
 use aws_sdk_sts::operation::assume_role::AssumeRoleError;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -374,6 +381,36 @@ pub struct Account {
     pub via: String,
     /// Signs as this account (credentials refresh by themselves).
     pub config: SdkConfig,
+}
+
+impl Account {
+    /// The retry partition of this account's clients for `service` (`iam`, `sts`).
+    /// The SDK shares one retry quota (token bucket) and, in adaptive mode, one
+    /// client-side rate limiter per partition across the whole process, and its
+    /// default partition is the service name, so every account's IAM client would
+    /// slow down together when one account is throttled. IAM throttles per account:
+    /// so do these.
+    pub fn retry_partition(&self, service: &str) -> RetryPartition {
+        RetryPartition::new(format!("{service}-{}", self.id))
+    }
+
+    /// An IAM client signing as this account, with the account's own retry partition.
+    pub fn iam_client(&self) -> aws_sdk_iam::Client {
+        aws_sdk_iam::Client::from_conf(
+            aws_sdk_iam::config::Builder::from(&self.config)
+                .retry_partition(self.retry_partition("iam"))
+                .build(),
+        )
+    }
+
+    /// An STS client signing as this account, with the account's own retry partition.
+    pub fn sts_client(&self) -> aws_sdk_sts::Client {
+        aws_sdk_sts::Client::from_conf(
+            aws_sdk_sts::config::Builder::from(&self.config)
+                .retry_partition(self.retry_partition("sts"))
+                .build(),
+        )
+    }
 }
 
 /// An account (or an Organization's account list) that could not be reached.
@@ -916,6 +953,29 @@ mod tests {
             assert!(matches!(e, Error::InvalidInput(_)));
             assert!(e.to_string().contains(needle), "{s:?}: {e}");
         }
+    }
+
+    #[test]
+    fn each_account_retries_in_its_own_partition() {
+        let account = |id: &str| Account {
+            id: id.into(),
+            name: None,
+            via: "caller".into(),
+            config: SdkConfig::builder()
+                .behavior_version(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::from_static("us-east-1"))
+                .build(),
+        };
+        let (a, b) = (account("111111111111"), account("222222222222"));
+        assert_eq!(
+            a.iam_client().config().retry_partition(),
+            Some(&RetryPartition::new("iam-111111111111"))
+        );
+        assert_eq!(
+            b.sts_client().config().retry_partition(),
+            Some(&RetryPartition::new("sts-222222222222"))
+        );
+        assert_ne!(a.retry_partition("iam"), b.retry_partition("iam"));
     }
 
     #[test]

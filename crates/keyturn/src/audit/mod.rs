@@ -31,12 +31,13 @@ pub mod api;
 pub mod render;
 pub mod report;
 
-use crate::access::{Access, AccountSource, OrganizationSource, RoleSource, Route, Unreachable};
+use crate::access::{
+    Access, Account, AccountSource, OrganizationSource, RoleSource, Route, Unreachable,
+};
 use crate::aws::SdkKeyApi;
 use crate::error::{AwsError, AwsErrorKind};
 use crate::model::{KeyStatus, Usage};
 use crate::remote::RemoteConfig;
-use aws_config::SdkConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
@@ -509,8 +510,8 @@ async fn audit_account(
         Ok(a) => a,
         Err(u) => return AccountResult::unreachable(u),
     };
-    let iam = aws_sdk_iam::Client::new(&account.config);
-    let (alias, data) = tokio::join!(account_alias(&iam), read_account(&account.config, options));
+    let iam = account.iam_client();
+    let (alias, data) = tokio::join!(account_alias(&iam), read_account(&account, options));
     AccountResult {
         account_id: Some(account.id),
         alias,
@@ -527,13 +528,13 @@ async fn audit_account(
 /// Read the account's keys with the requested source, falling back from the report
 /// to the API when the report is denied.
 async fn read_account(
-    config: &SdkConfig,
+    account: &Account,
     options: &AuditOptions,
 ) -> crate::Result<(AccountData, Vec<KeyRecord>)> {
-    let api = SdkKeyApi::new(config);
+    let api = SdkKeyApi::new(&account.config);
     let mut fallback_reason = None;
     if options.source == Source::Report {
-        let iam = aws_sdk_iam::Client::new(config);
+        let iam = account.iam_client();
         match report::read(&iam, &options.user_path).await {
             Ok(r) => {
                 let data = AccountData {
