@@ -10,13 +10,22 @@ TEST_FEATURES := --features keyturn-cli/failpoints
 
 .PHONY: demo test venv build lint unit bench man clean
 
-$(VPY): emulator/requirements.txt
-	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet -r emulator/requirements.txt
-	touch $(VPY)
+# The venv is complete once its stamp exists; the stamp is newer than every
+# requirements file it was built from. (A stamp file, not bin/python: that is a
+# symlink, and touching it would touch the system interpreter.) Re-running after a
+# requirements change installs into the existing venv, so `make venv` is idempotent.
+VENV_STAMP := $(VENV)/.keyturn-installed
+VENV_REQS := emulator/requirements.txt fixtures/requirements.txt
 
-venv: $(VPY)
+$(VENV_STAMP): $(VENV_REQS)
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet $(addprefix -r ,$(VENV_REQS))
+	touch $@
+
+$(VPY): $(VENV_STAMP)
+
+venv: $(VENV_STAMP)
 
 build:
 	$(CARGO) build --locked -p keyturn-cli
@@ -29,10 +38,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets $(TEST_FEATURES) -- -D warnings
 
-## Install what the tests need, then run the whole suite (emulator self-test, unit,
-## emulator integration).
+## Install what the tests need, then run the whole suite (emulator and service-fixture
+## self-tests, unit, emulator integration).
 test: venv lint
 	$(VPY) emulator/selftest.py > /dev/null
+	$(VPY) fixtures/selftest.py
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		KEYTURN_PYTHON=$(abspath $(VPY)) $(CARGO) nextest run --locked --workspace $(TEST_FEATURES) --no-fail-fast; \
 	else \

@@ -310,6 +310,12 @@ pub struct RotateArgs {
     /// Do not verify the new key (not allowed with --deactivate-old-keys).
     #[arg(long)]
     pub no_verify: bool,
+
+    /// Deliver the new key to this sink, declared as a [[sinks]] table in the settings
+    /// file (repeatable, delivered in order; `stdout` is built in). Without --sink the
+    /// credentials are printed on stdout.
+    #[arg(long = "sink", value_name = "NAME")]
+    pub sinks: Vec<String>,
 }
 
 impl RotateArgs {
@@ -346,7 +352,10 @@ impl RotateArgs {
                 ));
             }
         }
+        keyturn::sink::validate_declared(&file.sinks)?;
+        let sinks = keyturn::sink::select(&self.sinks, &file.sinks, output)?;
         Ok(RotateSettings {
+            sinks,
             remote: self.remote.remote(),
             owner,
             options: PlanOptions {
@@ -356,6 +365,7 @@ impl RotateArgs {
                 verify: !self.no_verify,
                 keep_old_inactive: self.keep_old_inactive,
                 confirmed_evict: false,
+                sinks: vec![],
             },
             dry_run: self.dry_run,
             output,

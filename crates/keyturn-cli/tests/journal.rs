@@ -33,6 +33,26 @@ fn assert_journal_clean(journal: &Path, secret: &str) {
     assert!(scanned >= 1, "no journal file at {}", journal.display());
 }
 
+/// The new credentials, printed once by the stdout sink: by the crashed run if it
+/// got past that delivery, else by `resume` (both, if it crashed right after printing
+/// and before journaling it: then they must be the same key).
+fn printed_creds(point: &str, crashed: &Run, resumed: &Run) -> Creds {
+    let has = |r: &Run| r.stdout.contains("export AWS_SECRET_ACCESS_KEY=");
+    match (has(crashed), has(resumed)) {
+        (false, true) => resumed.env_creds(),
+        (true, false) => crashed.env_creds(),
+        (true, true) => {
+            let (a, b) = (crashed.env_creds(), resumed.env_creds());
+            assert_eq!(a.id, b.id, "{point}: two different keys were printed");
+            b
+        }
+        (false, false) => panic!(
+            "{point}: the new credentials were never printed\ncrashed:\n{}\nresumed:\n{}",
+            crashed.stderr, resumed.stderr
+        ),
+    }
+}
+
 fn history(emu: &Emulator) -> Value {
     let run = emu.run(emu.keyturn().args(["history", "--output", "json"]));
     run.assert_code(0);
@@ -73,7 +93,7 @@ fn crash_and_resume_user(point: &str) {
 
     let resumed = emu.run(emu.keyturn().args(["resume"]));
     resumed.assert_code(0);
-    let new = resumed.env_creds();
+    let new = printed_creds(point, &crashed, &resumed);
     // Exactly what an uninterrupted run leaves: only the new key, no orphan.
     assert_eq!(
         emu.keys("ci-bot"),
@@ -132,7 +152,7 @@ fn crash_and_resume_profile(point: &str) {
     cmd.args(["resume"]);
     let resumed = emu.run(&mut cmd);
     resumed.assert_code(0);
-    let new = resumed.env_creds();
+    let new = printed_creds(point, &crashed, &resumed);
     assert_eq!(
         emu.keys("dev"),
         [(new.id.clone(), "Active".to_string())],
@@ -172,6 +192,9 @@ crash_tests! { crash_and_resume_user:
     user_crash_at_create_key => "create-key",
     user_crash_at_verify_intent => "verify-new-key:intent",
     user_crash_at_verify => "verify-new-key",
+    user_crash_at_print_intent => "deliver:stdout:intent",
+    user_crash_right_after_printing => "deliver:stdout",
+    user_crash_at_print_verified => "verify-delivery:stdout",
     user_crash_at_deactivate_intent => "deactivate-old-key:intent",
     user_crash_at_deactivate => "deactivate-old-key",
     user_crash_at_delete_intent => "delete-old-key:intent",
@@ -187,9 +210,12 @@ crash_tests! { crash_and_resume_profile:
     profile_crash_after_create_call_before_journal => "create-key:call",
     profile_crash_at_create_key => "create-key",
     profile_crash_at_verify => "verify-new-key",
-    profile_crash_at_write_intent => "write-profiles:intent",
+    profile_crash_at_write_intent => "deliver:profiles:intent",
     profile_crash_while_holding_file_lock => "write-profiles:locked",
-    profile_crash_at_write => "write-profiles",
+    profile_crash_at_write => "deliver:profiles",
+    profile_crash_at_write_verified => "verify-delivery:profiles",
+    profile_crash_at_print_intent => "deliver:stdout:intent",
+    profile_crash_right_after_printing => "deliver:stdout",
     profile_crash_at_deactivate_intent => "deactivate-old-key:intent",
     profile_crash_at_deactivate => "deactivate-old-key",
     profile_crash_at_delete_intent => "delete-old-key:intent",

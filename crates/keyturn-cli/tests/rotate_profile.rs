@@ -439,18 +439,27 @@ fn dry_run_lists_profiles_and_changes_nothing() {
     ]));
     run.assert_code(0);
     let v = run.json();
-    let steps: Vec<&str> = v["Actions"]
+    let steps: Vec<String> = v["Actions"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| a["Step"].as_str().unwrap())
+        .map(|a| {
+            let step = a["Step"].as_str().unwrap();
+            match a["Sink"].as_str() {
+                Some(sink) => format!("{step} {sink}"),
+                None => step.to_string(),
+            }
+        })
         .collect();
     assert_eq!(
         steps,
         [
             "create-key",
             "verify-new-key",
-            "write-profiles",
+            "deliver profiles",
+            "verify-delivery profiles",
+            "deliver stdout",
+            "verify-delivery stdout",
             "delete-old-key"
         ]
     );

@@ -72,7 +72,13 @@ fn s2_deactivate_old_keys() {
         .collect();
     assert_eq!(
         steps,
-        ["create-key", "verify-new-key", "deactivate-old-key"]
+        [
+            "create-key",
+            "verify-new-key",
+            "deliver",
+            "verify-delivery",
+            "deactivate-old-key"
+        ]
     );
     assert_eq!(emu.whoami(&k1), Err("InvalidClientTokenId".into()));
 }
@@ -396,6 +402,8 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
             s("free-slot", &k2.id),
             s("create-key", "-"),
             s("verify-new-key", "-"),
+            s("deliver", "-"),
+            s("verify-delivery", "-"),
             s("deactivate-old-key", &k1.id),
             s("delete-old-key", &k1.id),
         ]

@@ -17,6 +17,9 @@ pub struct FileConfig {
     pub journal: JournalFile,
     #[serde(default)]
     pub audit: AuditFile,
+    /// `[[sinks]]`: where new keys are delivered (see [`crate::sink`]).
+    #[serde(default)]
+    pub sinks: Vec<crate::sink::SinkSpec>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

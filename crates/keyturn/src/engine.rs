@@ -1,27 +1,31 @@
 //! Executes a rotation plan step by step, journaling each step before and after its
-//! AWS call, and undoing the new key when the rotation cannot complete safely.
+//! AWS call or delivery, and undoing the new key when the rotation cannot complete
+//! safely.
 //!
 //! The same code runs a fresh rotation and finishes an interrupted one (`resume`):
 //! [`Progress`] says where to start, and a step whose intent was journaled without a
-//! result is redone idempotently (a key already deleted counts as deleted; a key
-//! created but never journaled is found as an orphan and deleted before creating
-//! again).
+//! result is redone idempotently (a key already deleted counts as deleted; a sink that
+//! already holds the new key counts as delivered; a key created but never journaled is
+//! found as an orphan and deleted before creating again).
 //!
 //! Safety invariants enforced here:
 //! - only keys named by the plan are deactivated or deleted;
-//! - nothing old is retired before the new key verified (the plan orders it so, and
-//!   verification failure stops the run);
-//! - a failure before the new key is delivered deletes the new key again, leaving old
-//!   keys exactly as they were;
-//! - a failure after delivery keeps the new key, so the caller still outputs it.
+//! - nothing old is retired before the new key verified and every sink verified it
+//!   (the plan orders it so, and any failure stops the run);
+//! - a failure before any sink may hold the new key deletes the new key again, leaving
+//!   old keys exactly as they were;
+//! - a failure once some sink may hold it revokes nothing: both keys stay Active, the
+//!   sealed secret stays in the journal, and the run is left `incomplete` for `resume`;
+//! - the sealed secret is erased as soon as every sink verified the new key.
 
 use crate::aws::{KeyApi, NewKey};
-use crate::error::{AwsErrorKind, Error, Result};
+use crate::error::{AwsErrorKind, Error, PartialDelivery, Result};
 use crate::failpoint;
 use crate::journal::{Journal, RunMeta};
 use crate::model::KeyStatus;
 use crate::plan::{Mode, Step};
-use crate::report::{ActionRecord, ProfileUpdate};
+use crate::report::{ActionRecord, ProfileUpdate, RotationReport, SinkReport, VerificationSummary};
+use crate::sink::{Handover, SinkSet};
 use crate::verify::{verify_key, Backoff, Expected, Verified, VerifyFailure, VerifyPolicy};
 use std::sync::OnceLock;
 
@@ -42,9 +46,73 @@ pub struct Progress {
     pub actions: Vec<ActionRecord>,
     pub verification: Option<Verified>,
     pub profiles_updated: Vec<ProfileUpdate>,
-    /// The new key has reached a consumer (verified, and profiles written if any), so
-    /// a later failure must not delete it.
+    /// Some sink may hold the new key, so a later failure must not delete it.
     pub delivered: bool,
+    /// Per sink of the plan: what happened to it so far.
+    pub sinks: Vec<SinkReport>,
+    /// The sealed secret was erased from the journal (every sink verified).
+    pub secret_erased: bool,
+    /// A compensation (deleting the new key again) did not finish: the run must stay
+    /// resumable.
+    pub cleanup_pending: bool,
+}
+
+impl Progress {
+    /// Sink reports for the plan's sinks, all not yet delivered.
+    pub fn for_plan(meta: &RunMeta) -> Self {
+        Self {
+            sinks: sink_reports(meta),
+            ..Default::default()
+        }
+    }
+
+    fn sink_mut(&mut self, name: &str) -> Option<&mut SinkReport> {
+        self.sinks.iter_mut().find(|s| s.name == name)
+    }
+}
+
+/// One report line per sink of the run, in plan order.
+pub fn sink_reports(meta: &RunMeta) -> Vec<SinkReport> {
+    meta.sinks
+        .iter()
+        .map(|s| SinkReport {
+            name: s.name().to_string(),
+            kind: s.kind().to_string(),
+            delivered: false,
+            verified: false,
+            detail: None,
+        })
+        .collect()
+}
+
+/// The report of a run as it stands: actions done so far, the rest still planned.
+pub fn report_of(meta: &RunMeta, p: &Progress, error: Option<String>) -> RotationReport {
+    let mut actions = p.actions.clone();
+    actions.extend(
+        meta.plan
+            .steps
+            .iter()
+            .skip(p.next)
+            .map(ActionRecord::planned),
+    );
+    RotationReport {
+        run_id: Some(meta.run_id.clone()),
+        account: Some(meta.account.clone()),
+        user_name: meta.user_name.clone(),
+        mode: meta.mode.clone(),
+        dry_run: false,
+        inventory: meta.inventory.clone(),
+        actions,
+        new_key: p.new_key.clone(),
+        verification: p.verification.as_ref().map(|v| VerificationSummary {
+            arn: v.arn.clone(),
+            attempts: v.attempts,
+            elapsed_ms: v.elapsed.as_millis() as u64,
+        }),
+        profiles_updated: p.profiles_updated.clone(),
+        sinks: p.sinks.clone(),
+        error,
+    }
 }
 
 pub struct Engine<'a, A: KeyApi, J: Journal> {
@@ -52,7 +120,7 @@ pub struct Engine<'a, A: KeyApi, J: Journal> {
     api: &'a A,
     journal: &'a J,
     verify: VerifyPolicy,
-    profiles: Option<&'a dyn ProfileWriter>,
+    sinks: &'a SinkSet,
     /// Self-rotation: retire the old key signing with the new one (proves it). False
     /// when the caller's session must be used (an MFA session).
     retire_with_new_key: bool,
@@ -62,42 +130,38 @@ pub struct Engine<'a, A: KeyApi, J: Journal> {
 }
 
 impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
-    /// An engine for `--user` runs: every call is made as the caller.
-    pub fn new(api: &'a A, journal: &'a J, verify: VerifyPolicy) -> Self {
+    /// An engine whose AWS calls are made as the caller, delivering to `sinks`.
+    pub fn new(api: &'a A, journal: &'a J, verify: VerifyPolicy, sinks: &'a SinkSet) -> Self {
         Self {
             api,
             journal,
             verify,
-            profiles: None,
+            sinks,
             retire_with_new_key: false,
             new_key_api: OnceLock::new(),
         }
     }
 
-    /// Self-rotation: write profiles with `writer`; retire the old key with the new key
-    /// when `retire_with_new_key` (else with the caller, e.g. an MFA session).
-    pub fn with_profiles(
-        mut self,
-        writer: Option<&'a dyn ProfileWriter>,
-        retire_with_new_key: bool,
-    ) -> Self {
-        self.profiles = writer;
-        self.retire_with_new_key = retire_with_new_key;
+    /// Self-rotation: retire the old key with the new key when `yes` (else with the
+    /// caller, e.g. an MFA session).
+    pub fn retire_with_new_key(mut self, yes: bool) -> Self {
+        self.retire_with_new_key = yes;
         self
     }
 
     /// Run the plan's steps from `p.next`. On `Err`, `p.new_key` is `Some` only if the
-    /// new key survives (failure after delivery); otherwise it was deleted again.
+    /// new key survives (some sink may hold it); otherwise it was deleted again.
     pub async fn execute(&self, meta: &RunMeta, p: &mut Progress) -> Result<()> {
         let steps = &meta.plan.steps;
         while p.next < steps.len() {
             let idx = p.next;
             let step = &steps[idx];
+            self.erase_secret_if_delivered(meta, p).await?;
             let redo = std::mem::take(&mut p.redo);
             if !redo {
                 self.journal.intent(&meta.run_id, idx, step).await?;
             }
-            failpoint::hit(&format!("{}:intent", step.name()));
+            failpoint::hit(&format!("{}:intent", step.failpoint()));
             match self.run_step(meta, idx, step, redo, p).await {
                 Ok(detail) => {
                     if !matches!(step, Step::CreateKey { .. }) {
@@ -105,9 +169,9 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
                             .done(&meta.run_id, idx, step, true, &detail)
                             .await?;
                     }
-                    tracing::info!("{}: {detail}", step.name());
+                    tracing::info!("{}: {detail}", step.label());
                     p.actions.push(ActionRecord::done(step, detail));
-                    failpoint::hit(step.name());
+                    failpoint::hit(&step.failpoint());
                     p.next += 1;
                 }
                 Err(e) => {
@@ -116,20 +180,65 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
                         .done(&meta.run_id, idx, step, false, &msg)
                         .await?;
                     p.actions.push(ActionRecord::failed(step, msg));
+                    if let Some(name) = step.sink() {
+                        if e.may_have_delivered() {
+                            p.delivered = true;
+                        }
+                        if let Some(s) = p.sink_mut(name) {
+                            s.detail = Some(e.to_string());
+                        }
+                    }
                     if !p.delivered {
                         return Err(self.compensate(meta, p, e).await);
                     }
+                    let key_id = p
+                        .new_key
+                        .as_ref()
+                        .map(|k| k.access_key_id.clone())
+                        .unwrap_or_default();
+                    if let Some(failed) = step.sink() {
+                        let uncertain = e.may_have_delivered().then(|| failed.to_string());
+                        let (holding_new, holding_old): (Vec<_>, Vec<_>) = p
+                            .sinks
+                            .iter()
+                            .filter(|s| uncertain.as_deref() != Some(s.name.as_str()))
+                            .map(|s| (s.name.clone(), s.delivered))
+                            .partition(|(_, has)| *has);
+                        return Err(Error::PartialDelivery(Box::new(PartialDelivery {
+                            run_id: meta.run_id.clone(),
+                            key_id,
+                            holding_new: holding_new.into_iter().map(|(n, _)| n).collect(),
+                            uncertain,
+                            holding_old: holding_old.into_iter().map(|(n, _)| n).collect(),
+                            source: Box::new(e),
+                        })));
+                    }
                     return Err(Error::AfterDelivery {
                         step: step.name().to_string(),
-                        key_id: p
-                            .new_key
-                            .as_ref()
-                            .map(|k| k.access_key_id.clone())
-                            .unwrap_or_default(),
+                        key_id,
                         source: Box::new(e),
                     });
                 }
             }
+        }
+        self.erase_secret_if_delivered(meta, p).await
+    }
+
+    /// Once every delivery step is done, the journal no longer needs the secret.
+    async fn erase_secret_if_delivered(&self, meta: &RunMeta, p: &mut Progress) -> Result<()> {
+        if p.secret_erased || p.new_key.is_none() {
+            return Ok(());
+        }
+        let steps = &meta.plan.steps;
+        let last_delivery = steps.iter().rposition(Step::is_delivery);
+        let all_delivered = match last_delivery {
+            Some(i) => i < p.next,
+            None => false,
+        };
+        if all_delivered {
+            failpoint::hit("deliver");
+            self.journal.delivered(&meta.run_id).await?;
+            p.secret_erased = true;
         }
         Ok(())
     }
@@ -178,27 +287,54 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
                             v.elapsed.as_millis()
                         );
                         p.verification = Some(v);
-                        if !matches!(meta.mode, Mode::Profile { .. }) {
-                            p.delivered = true;
-                        }
                         Ok(detail)
                     }
                     Err(f) => Err(verification_error(key, &self.verify, f)),
                 }
             }
-            Step::WriteProfiles { .. } => {
+            Step::Deliver { sink, .. } => {
+                let holding = self.sinks.prepared(sink).await?;
+                tracing::debug!(sink = %sink, "before delivery the sink {holding}");
+                let report = report_of(meta, p, None);
                 let key = self.new_key(p)?;
-                let Mode::Profile { in_use_key } = &meta.mode else {
-                    return Err(Error::Runtime("write-profiles outside profile mode".into()));
+                let replaces = replaced_keys(meta);
+                let h = Handover {
+                    key,
+                    account: &meta.account,
+                    run_id: &meta.run_id,
+                    replaces: &replaces,
+                    report: &report,
                 };
-                let writer = self
-                    .profiles
-                    .ok_or_else(|| Error::Runtime("no profile writer configured".into()))?;
-                let updated = writer.write(in_use_key, key)?;
-                let names: Vec<String> = updated.iter().map(|u| u.to_string()).collect();
-                p.profiles_updated = updated;
+                let d = self.sinks.get(sink)?.deliver(&h).await?;
                 p.delivered = true;
-                Ok(format!("updated {}", names.join(", ")))
+                if !d.profiles_updated.is_empty() {
+                    p.profiles_updated = d.profiles_updated;
+                }
+                if let Some(s) = p.sink_mut(sink) {
+                    s.delivered = true;
+                    s.detail = Some(d.detail.clone());
+                }
+                Ok(d.detail)
+            }
+            Step::VerifyDelivery { sink, .. } => {
+                self.sinks.prepared(sink).await?;
+                let report = report_of(meta, p, None);
+                let key = self.new_key(p)?;
+                let replaces = replaced_keys(meta);
+                let h = Handover {
+                    key,
+                    account: &meta.account,
+                    run_id: &meta.run_id,
+                    replaces: &replaces,
+                    report: &report,
+                };
+                let detail = self.sinks.get(sink)?.verify(&h).await?;
+                if let Some(s) = p.sink_mut(sink) {
+                    s.delivered = true;
+                    s.verified = true;
+                    s.detail = Some(detail.clone());
+                }
+                Ok(detail)
             }
             Step::DeactivateOldKey { access_key_id, .. } => {
                 self.retire(meta, p, redo, async |api: &A| {
@@ -302,8 +438,9 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
         Ok(())
     }
 
-    /// Undo a rotation that failed before delivery: delete the new key (with the
-    /// caller's credentials), leave old keys as they are.
+    /// Undo a rotation that failed before any sink may hold the new key: delete the
+    /// new key (with the caller's credentials), leave old keys as they are, and erase
+    /// its sealed secret. If the deletion fails, the run stays resumable.
     pub async fn compensate(&self, meta: &RunMeta, p: &mut Progress, cause: Error) -> Error {
         let Some(key) = p.new_key.take() else {
             return cause;
@@ -311,7 +448,8 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
         let outcome = self
             .api
             .delete_key(&meta.user_name, &key.access_key_id)
-            .await;
+            .await
+            .or_else(|e| already_gone(e, true));
         let (ok, msg) = match &outcome {
             Ok(()) => (
                 true,
@@ -323,15 +461,21 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
             Err(e) => (
                 false,
                 format!(
-                    "could not delete the new key {} ({e}); delete it by hand: aws iam delete-access-key --user-name {} --access-key-id {}",
-                    key.access_key_id, meta.user_name, key.access_key_id
+                    "could not delete the new key {} ({e}); `keyturn resume {}` retries, or delete it by hand: aws iam delete-access-key --user-name {} --access-key-id {}",
+                    key.access_key_id, meta.run_id, meta.user_name, key.access_key_id
                 ),
             ),
         };
         if ok {
             tracing::warn!("{msg}");
+            // The key is gone: its secret is of no use to anybody.
+            if self.journal.delivered(&meta.run_id).await.is_ok() {
+                p.secret_erased = true;
+            }
         } else {
             tracing::error!("{msg}");
+            p.cleanup_pending = true;
+            p.new_key = Some(key.clone());
         }
         let _ = self
             .journal
@@ -358,6 +502,19 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
             },
             other => Error::Runtime(format!("{other}; {msg}")),
         }
+    }
+}
+
+/// The Active keys a rotation replaces (what sinks may find in the destination).
+fn replaced_keys(meta: &RunMeta) -> Vec<String> {
+    match &meta.mode {
+        Mode::Profile { in_use_key } => vec![in_use_key.clone()],
+        Mode::User => meta
+            .inventory
+            .iter()
+            .filter(|k| k.status == KeyStatus::Active)
+            .map(|k| k.access_key_id.clone())
+            .collect(),
     }
 }
 

@@ -61,6 +61,23 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// A delivery sink failed (see [`crate::sink`]).
+    #[error("{}", sink_message(.sink, .kind, .stage, .message, .source.as_deref()))]
+    Sink {
+        sink: String,
+        kind: &'static str,
+        stage: crate::sink::SinkStage,
+        /// Whether the destination may already hold (part of) the new key.
+        written: crate::sink::Written,
+        message: String,
+        source: Option<Box<Error>>,
+    },
+
+    /// Delivery stopped after some sinks received the new key (see
+    /// [`PartialDelivery`]).
+    #[error(transparent)]
+    PartialDelivery(Box<PartialDelivery>),
+
     /// Local I/O.
     #[error("{context}: {source}")]
     Io {
@@ -107,6 +124,7 @@ impl Error {
             | Error::Locked(_)
             | Error::Journal(_) => exit::GUARD,
             Error::AfterDelivery { source, .. } => source.exit_code().max(exit::FAILURE),
+            Error::Sink { .. } | Error::PartialDelivery(_) => exit::FAILURE,
             Error::Aws(_)
             | Error::VerificationFailed { .. }
             | Error::Io { .. }
@@ -130,12 +148,69 @@ impl Error {
         }
     }
 
-    /// The AWS error kind, if this is an AWS failure.
+    /// The AWS error kind, if this is an AWS failure (also behind a sink failure).
     pub fn aws_kind(&self) -> Option<&AwsErrorKind> {
         match self {
             Error::Aws(e) => Some(&e.kind),
+            Error::Sink {
+                source: Some(s), ..
+            } => s.aws_kind(),
             _ => None,
         }
+    }
+
+    /// A sink failure that may have left (part of) the new key in the destination.
+    pub fn may_have_delivered(&self) -> bool {
+        matches!(
+            self,
+            Error::Sink {
+                written: crate::sink::Written::Maybe,
+                ..
+            }
+        )
+    }
+}
+
+/// Delivery stopped after some sinks received the new key: both keys stay Active,
+/// the old key was not retired, and `keyturn resume RUN_ID` delivers to the rest.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}. The new key {key_id} is in {}{}; {} still hold{} the old key. Both keys stay Active and no old key was retired; fix the cause and run `keyturn resume {run_id}` to deliver to the rest and retire the old key as planned", list_or(.holding_new, "no sink yet"), .uncertain.as_ref().map(|s| format!("; {s} failed part-way and may hold it")).unwrap_or_default(), list_or(.holding_old, "no sink"), if .holding_old.len() == 1 { "s" } else { "" })]
+pub struct PartialDelivery {
+    pub run_id: String,
+    pub key_id: String,
+    /// Sinks that hold the new key (delivery finished).
+    pub holding_new: Vec<String>,
+    /// The sink that failed after it may have written something.
+    pub uncertain: Option<String>,
+    /// Sinks not delivered yet (they hold what they held before).
+    pub holding_old: Vec<String>,
+    pub source: Box<Error>,
+}
+
+fn sink_message(
+    sink: &str,
+    kind: &str,
+    stage: &crate::sink::SinkStage,
+    message: &str,
+    source: Option<&Error>,
+) -> String {
+    let mut s = format!("sink '{sink}' ({kind}) {stage} failed");
+    if !message.is_empty() {
+        s.push_str(": ");
+        s.push_str(message);
+    }
+    if let Some(e) = source {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+    }
+    s
+}
+
+fn list_or(v: &[String], none: &str) -> String {
+    if v.is_empty() {
+        none.to_string()
+    } else {
+        v.join(", ")
     }
 }
 

@@ -31,6 +31,7 @@ pub mod printer;
 pub mod remote;
 pub mod report;
 pub mod secret;
+pub mod sink;
 pub mod verify;
 
 pub use error::{Error, Result};

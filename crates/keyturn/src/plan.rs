@@ -45,6 +45,10 @@ pub struct PlanOptions {
     pub keep_old_inactive: bool,
     /// Profile mode: the user confirmed (on a TTY) that the other key may be deleted.
     pub confirmed_evict: bool,
+    /// Where the new key goes, in order (names of [`crate::sink`] sinks). A plan
+    /// without a sink is refused: the new secret would reach nobody.
+    #[serde(default)]
+    pub sinks: Vec<String>,
 }
 
 /// One step of a rotation, in execution order.
@@ -61,8 +65,10 @@ pub enum Step {
     CreateKey { reason: String },
     /// STS `GetCallerIdentity` with the new key until it is proven to work.
     VerifyNewKey { reason: String },
-    /// Profile mode: write the new key into every profile that held the old one.
-    WriteProfiles { reason: String },
+    /// Hand the new key to one sink (see [`crate::sink`]).
+    Deliver { sink: String, reason: String },
+    /// Prove that sink holds the new key (read it back).
+    VerifyDelivery { sink: String, reason: String },
     /// After verification: set a previously Active key to Inactive.
     DeactivateOldKey {
         access_key_id: String,
@@ -77,11 +83,12 @@ pub enum Step {
 
 impl Step {
     /// Every step name, in the order a full plan uses them (journal, failpoints, docs).
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "free-slot",
         "create-key",
         "verify-new-key",
-        "write-profiles",
+        "deliver",
+        "verify-delivery",
         "deactivate-old-key",
         "delete-old-key",
     ];
@@ -92,7 +99,8 @@ impl Step {
             Step::FreeSlot { .. } => "free-slot",
             Step::CreateKey { .. } => "create-key",
             Step::VerifyNewKey { .. } => "verify-new-key",
-            Step::WriteProfiles { .. } => "write-profiles",
+            Step::Deliver { .. } => "deliver",
+            Step::VerifyDelivery { .. } => "verify-delivery",
             Step::DeactivateOldKey { .. } => "deactivate-old-key",
             Step::DeleteOldKey { .. } => "delete-old-key",
         }
@@ -113,9 +121,36 @@ impl Step {
             Step::FreeSlot { reason, .. }
             | Step::CreateKey { reason }
             | Step::VerifyNewKey { reason }
-            | Step::WriteProfiles { reason }
+            | Step::Deliver { reason, .. }
+            | Step::VerifyDelivery { reason, .. }
             | Step::DeactivateOldKey { reason, .. }
             | Step::DeleteOldKey { reason, .. } => reason,
+        }
+    }
+
+    /// The sink a delivery step is about.
+    pub fn sink(&self) -> Option<&str> {
+        match self {
+            Step::Deliver { sink, .. } | Step::VerifyDelivery { sink, .. } => Some(sink),
+            _ => None,
+        }
+    }
+
+    /// The name with its subject: `deliver ci-env`, `delete-old-key AKIA...`. Used
+    /// for failpoints and output.
+    pub fn label(&self) -> String {
+        match (self.sink(), self.key_id()) {
+            (Some(s), _) => format!("{} {s}", self.name()),
+            (None, Some(k)) => format!("{} {k}", self.name()),
+            (None, None) => self.name().to_string(),
+        }
+    }
+
+    /// Failpoint name of this step: the step name, with `:<sink>` for delivery steps.
+    pub fn failpoint(&self) -> String {
+        match self.sink() {
+            Some(s) => format!("{}:{s}", self.name()),
+            None => self.name().to_string(),
         }
     }
 
@@ -123,14 +158,16 @@ impl Step {
     pub fn is_destructive(&self) -> bool {
         self.key_id().is_some()
     }
+
+    /// True for the delivery steps.
+    pub fn is_delivery(&self) -> bool {
+        self.sink().is_some()
+    }
 }
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.key_id() {
-            Some(id) => write!(f, "{} {}: {}", self.name(), id, self.reason()),
-            None => write!(f, "{}: {}", self.name(), self.reason()),
-        }
+        write!(f, "{}: {}", self.label(), self.reason())
     }
 }
 
@@ -212,6 +249,25 @@ pub enum Refusal {
 
     #[error("user {user} has {count} access keys; IAM allows {max}. Refusing to guess which to touch", max = MAX_KEYS_PER_USER)]
     TooManyKeys { user: String, count: usize },
+
+    #[error("the rotation names no sink, so the new secret would reach nobody; name one with --sink (or leave it out to print on stdout)")]
+    NoSink,
+}
+
+/// One `deliver`/`verify-delivery` pair per sink, in order.
+fn delivery_steps(opts: &PlanOptions) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for s in &opts.sinks {
+        steps.push(Step::Deliver {
+            sink: s.clone(),
+            reason: format!("hand the new key to sink {s}"),
+        });
+        steps.push(Step::VerifyDelivery {
+            sink: s.clone(),
+            reason: format!("prove sink {s} holds the new key before any old key is retired"),
+        });
+    }
+    steps
 }
 
 fn describe_all(keys: &[AccessKeyInfo], now: OffsetDateTime) -> String {
@@ -258,6 +314,10 @@ pub fn plan_rotation(
                 what: "rotating a profile's own key (the old key is retired afterwards)",
             });
         }
+    }
+
+    if opts.sinks.is_empty() {
+        return Err(Refusal::NoSink);
     }
 
     if inventory.keys.len() > MAX_KEYS_PER_USER {
@@ -331,6 +391,7 @@ fn plan_user(inv: &Inventory, opts: &PlanOptions, now: OffsetDateTime) -> Result
             reason: "STS GetCallerIdentity with the new key must return the user's ARN".to_string(),
         });
     }
+    steps.extend(delivery_steps(opts));
     if opts.deactivate_old_keys {
         for k in &active {
             steps.push(Step::DeactivateOldKey {
@@ -399,9 +460,7 @@ fn plan_profile(
     steps.push(Step::VerifyNewKey {
         reason: "STS GetCallerIdentity with the new key must return the caller's ARN".to_string(),
     });
-    steps.push(Step::WriteProfiles {
-        reason: format!("every profile that holds {in_use_key} gets the new key"),
-    });
+    steps.extend(delivery_steps(opts));
     if opts.keep_old_inactive || opts.deactivate_old_keys {
         steps.push(Step::DeactivateOldKey {
             access_key_id: in_use_key.to_string(),
@@ -447,6 +506,7 @@ mod tests {
     fn opts() -> PlanOptions {
         PlanOptions {
             verify: true,
+            sinks: vec!["s1".into()],
             ..Default::default()
         }
     }
@@ -460,13 +520,12 @@ mod tests {
         }
     }
 
+    /// The plan's steps without the delivery pairs (tested on their own below).
     fn names(p: &Plan) -> Vec<String> {
         p.steps
             .iter()
-            .map(|s| match s.key_id() {
-                Some(id) => format!("{} {id}", s.name()),
-                None => s.name().to_string(),
-            })
+            .filter(|s| !s.is_delivery())
+            .map(Step::label)
             .collect()
     }
 
@@ -810,6 +869,96 @@ mod tests {
     }
 
     #[test]
+    fn every_sink_gets_a_deliver_and_verify_pair_before_anything_is_retired() {
+        let o = PlanOptions {
+            sinks: vec!["vault".into(), "ci-env".into()],
+            ..destructive()
+        };
+        let p = user_plan(
+            vec![
+                key("K1", KeyStatus::Active, 100),
+                key("K2", KeyStatus::Inactive, 300),
+            ],
+            o,
+        )
+        .unwrap();
+        let all: Vec<String> = p.steps.iter().map(Step::label).collect();
+        assert_eq!(
+            all,
+            [
+                "free-slot K2",
+                "create-key",
+                "verify-new-key",
+                "deliver vault",
+                "verify-delivery vault",
+                "deliver ci-env",
+                "verify-delivery ci-env",
+                "deactivate-old-key K1",
+                "delete-old-key K1"
+            ]
+        );
+        assert_eq!(p.steps[3].failpoint(), "deliver:vault");
+        assert_eq!(p.touched_keys(), ["K2", "K1"]);
+    }
+
+    #[test]
+    fn without_verification_delivery_follows_creation() {
+        let o = PlanOptions {
+            verify: false,
+            ..opts()
+        };
+        let p = user_plan(vec![key("K1", KeyStatus::Active, 1)], o).unwrap();
+        let all: Vec<String> = p.steps.iter().map(Step::label).collect();
+        assert_eq!(all, ["create-key", "deliver s1", "verify-delivery s1"]);
+    }
+
+    #[test]
+    fn a_plan_without_a_sink_is_refused() {
+        let o = PlanOptions {
+            sinks: vec![],
+            ..opts()
+        };
+        let err = user_plan(vec![key("K1", KeyStatus::Active, 1)], o.clone()).unwrap_err();
+        assert_eq!(err, Refusal::NoSink);
+        let err = plan_rotation(
+            &inv(vec![key("K1", KeyStatus::Active, 1)]),
+            &profile("K1"),
+            &o,
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(err, Refusal::NoSink);
+    }
+
+    #[test]
+    fn self_rotation_delivers_to_its_sinks_before_retiring_the_old_key() {
+        let o = PlanOptions {
+            sinks: vec!["profiles".into(), "stdout".into()],
+            ..opts()
+        };
+        let p = plan_rotation(
+            &inv(vec![key("K1", KeyStatus::Active, 100)]),
+            &profile("K1"),
+            &o,
+            NOW,
+        )
+        .unwrap();
+        let all: Vec<String> = p.steps.iter().map(Step::label).collect();
+        assert_eq!(
+            all,
+            [
+                "create-key",
+                "verify-new-key",
+                "deliver profiles",
+                "verify-delivery profiles",
+                "deliver stdout",
+                "verify-delivery stdout",
+                "delete-old-key K1"
+            ]
+        );
+    }
+
+    #[test]
     fn plan_is_deterministic() {
         let keys = vec![
             key("K1", KeyStatus::Active, 100),
@@ -833,12 +982,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             names(&p),
-            [
-                "create-key",
-                "verify-new-key",
-                "write-profiles",
-                "delete-old-key K1"
-            ]
+            ["create-key", "verify-new-key", "delete-old-key K1"]
         );
     }
 
@@ -857,12 +1001,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             names(&p),
-            [
-                "create-key",
-                "verify-new-key",
-                "write-profiles",
-                "deactivate-old-key K1"
-            ]
+            ["create-key", "verify-new-key", "deactivate-old-key K1"]
         );
     }
 
@@ -880,7 +1019,6 @@ mod tests {
             [
                 "create-key",
                 "verify-new-key",
-                "write-profiles",
                 "deactivate-old-key K1",
                 "delete-old-key K1"
             ]
@@ -917,7 +1055,6 @@ mod tests {
                         "free-slot K2",
                         "create-key",
                         "verify-new-key",
-                        "write-profiles",
                         "delete-old-key K1"
                     ]
                 );
@@ -993,8 +1130,10 @@ mod tests {
     fn steps_serialize_with_action_tag() {
         let p = user_plan(vec![key("K1", KeyStatus::Active, 100)], destructive()).unwrap();
         let v = serde_json::to_value(&p.steps).unwrap();
-        assert_eq!(v[2]["Action"], "DeactivateOldKey");
-        assert_eq!(v[2]["AccessKeyId"], "K1");
+        assert_eq!(v[2]["Action"], "Deliver");
+        assert_eq!(v[2]["Sink"], "s1");
+        assert_eq!(v[4]["Action"], "DeactivateOldKey");
+        assert_eq!(v[4]["AccessKeyId"], "K1");
         let back: Vec<Step> = serde_json::from_value(v).unwrap();
         assert_eq!(back, p.steps);
     }

@@ -63,6 +63,73 @@ pub struct Printer {
     out: Writer,
     err: Writer,
     quiet: bool,
+    /// stdout is /dev/null (or was closed at start: the Rust runtime reopens a closed
+    /// fd 1 as /dev/null).
+    out_discards: bool,
+    /// `out` is the process's fd 1 (not a capture buffer).
+    real_stdout: bool,
+}
+
+/// After a write into a pipe, wait until the reader has read every byte (the pipe's
+/// unread count drops to zero). A reader that closes the pipe first (`| head -c 5`)
+/// or does not read within `timeout` makes the delivery fail: a write into a pipe
+/// buffer is not a delivery until someone read it.
+fn wait_pipe_drained(timeout: std::time::Duration) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_fifo = std::fs::metadata("/proc/self/fd/1")
+        .map(|m| m.file_type().is_fifo())
+        .unwrap_or(false);
+    if !is_fifo {
+        return Ok(());
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through the valid pointer.
+        if unsafe { libc::ioctl(1, libc::FIONREAD, &mut unread) } != 0 {
+            return Ok(()); // cannot tell: the write itself succeeded
+        }
+        if unread <= 0 {
+            return Ok(());
+        }
+        let mut pfd = libc::pollfd {
+            fd: 1,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut pfd, 1, 0) };
+        if pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("the reader closed stdout with {unread} bytes unread"),
+            ));
+        }
+        if start.elapsed() >= timeout {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "nobody read stdout for {} s ({unread} bytes unread)",
+                    timeout.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Is file descriptor 1 the null device?
+fn stdout_is_dev_null() -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(null) = std::fs::metadata("/dev/null") else {
+        return false;
+    };
+    let Ok(out) =
+        std::fs::metadata("/proc/self/fd/1").or_else(|_| std::fs::metadata("/dev/stdout"))
+    else {
+        return false;
+    };
+    out.file_type().is_char_device() && out.rdev() == null.rdev()
 }
 
 impl Printer {
@@ -72,6 +139,8 @@ impl Printer {
             out: Arc::new(Mutex::new(Box::new(io::stdout()))),
             err: Arc::new(Mutex::new(Box::new(io::stderr()))),
             quiet,
+            out_discards: stdout_is_dev_null(),
+            real_stdout: true,
         }
     }
 
@@ -84,10 +153,17 @@ impl Printer {
                 out: Arc::new(Mutex::new(Box::new(out.clone()))),
                 err: Arc::new(Mutex::new(Box::new(err.clone()))),
                 quiet: false,
+                out_discards: false,
+                real_stdout: false,
             },
             out,
             err,
         )
+    }
+
+    /// stdout throws away what is written to it (`/dev/null`).
+    pub fn stdout_discards(&self) -> bool {
+        self.out_discards
     }
 
     /// Write a result to stdout and flush.
@@ -173,9 +249,44 @@ impl Printer {
         self.stdout(&text)
     }
 
-    /// Print a rotation result (or dry-run plan) on stdout in `format`.
+    /// Print a rotation result (or dry-run plan) on stdout in `format`. The rendered
+    /// text holds the secret, so it is zeroized once written.
     pub fn rotation(&self, r: &RotationReport, format: OutputFormat) -> io::Result<()> {
-        self.stdout(&render_rotation(r, format, OffsetDateTime::now_utc()))
+        let text = zeroize::Zeroizing::new(render_rotation(r, format, OffsetDateTime::now_utc()));
+        self.stdout(&text)
+    }
+
+    /// Print the new credentials and confirm they arrived: written, flushed and, when
+    /// stdout is a pipe, read by the reader within `wait`. Blocks (call it off the
+    /// async executor).
+    pub fn credentials_confirmed(
+        &self,
+        r: &RotationReport,
+        format: OutputFormat,
+        wait: std::time::Duration,
+    ) -> io::Result<usize> {
+        let text = zeroize::Zeroizing::new(render_rotation(r, format, OffsetDateTime::now_utc()));
+        self.stdout(&text)?;
+        if self.real_stdout {
+            wait_pipe_drained(wait)?;
+        }
+        Ok(text.len())
+    }
+
+    /// Print the report of a rotation that delivered to sinks other than stdout: the
+    /// new key's id, never its secret.
+    pub fn delivery_report(
+        &self,
+        r: &RotationReport,
+        new_key_id: Option<&str>,
+        format: OutputFormat,
+    ) -> io::Result<()> {
+        self.stdout(&render_delivery(
+            r,
+            new_key_id,
+            format,
+            OffsetDateTime::now_utc(),
+        ))
     }
 }
 
@@ -294,6 +405,86 @@ fn render_json(r: &RotationReport) -> String {
         serde_json::to_string_pretty(&serde_json::Value::Object(map)).expect("report serializes");
     s.push('\n');
     s
+}
+
+/// A rotation report without the secret (delivered to sinks other than stdout).
+pub fn render_delivery(
+    r: &RotationReport,
+    new_key_id: Option<&str>,
+    format: OutputFormat,
+    now: OffsetDateTime,
+) -> String {
+    debug_assert!(
+        r.new_key.is_none(),
+        "a delivery report never carries the secret"
+    );
+    match format {
+        OutputFormat::Env => {
+            let mut s = format!(
+                "# keyturn rotate: user {}{}\n",
+                r.user_name,
+                new_key_id
+                    .map(|k| format!(", new key {k}"))
+                    .unwrap_or_default()
+            );
+            for d in r.sinks.iter().filter(|d| d.name != crate::sink::STDOUT) {
+                s.push_str(&format!(
+                    "#   sink {} ({}): {}\n",
+                    d.name,
+                    d.kind,
+                    if d.verified {
+                        "delivered and verified"
+                    } else if d.delivered {
+                        "delivered, not verified"
+                    } else {
+                        "not delivered"
+                    }
+                ));
+            }
+            if let Some(e) = &r.error {
+                s.push_str(&format!("# error: {e}\n"));
+            }
+            s
+        }
+        OutputFormat::Json => {
+            let mut map = serde_json::Map::new();
+            map.insert("UserName".into(), r.user_name.clone().into());
+            if let Some(id) = new_key_id {
+                map.insert("AccessKeyId".into(), id.into());
+            }
+            if let Ok(serde_json::Value::Object(rest)) = serde_json::to_value(r) {
+                for (k, v) in rest {
+                    if k != "UserName" {
+                        map.insert(k, v);
+                    }
+                }
+            }
+            let mut s = serde_json::to_string_pretty(&serde_json::Value::Object(map))
+                .expect("report serializes");
+            s.push('\n');
+            s
+        }
+        OutputFormat::Table => {
+            let mut t = render_table(r, now);
+            if let Some(id) = new_key_id {
+                t = format!(
+                    "New access key: {id} (secret delivered to the sinks below, not printed)\n{t}"
+                );
+            }
+            let mut sinks = new_table();
+            sinks.set_header(vec!["Sink", "Type", "Delivered", "Verified", "Detail"]);
+            for d in &r.sinks {
+                sinks.add_row(vec![
+                    d.name.clone(),
+                    d.kind.clone(),
+                    if d.delivered { "yes" } else { "no" }.to_string(),
+                    if d.verified { "yes" } else { "no" }.to_string(),
+                    d.detail.clone().unwrap_or_default(),
+                ]);
+            }
+            format!("{t}{sinks}\n")
+        }
+    }
 }
 
 fn usage_text(k: &AccessKeyInfo, now: OffsetDateTime) -> String {

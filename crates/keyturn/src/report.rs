@@ -31,6 +31,9 @@ pub struct ActionRecord {
     pub step: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_key_id: Option<String>,
+    /// The sink of a `deliver` / `verify-delivery` step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<String>,
     pub result: ActionResult,
     pub detail: String,
 }
@@ -40,6 +43,7 @@ impl ActionRecord {
         Self {
             step: step.name().into(),
             access_key_id: step.key_id().map(str::to_string),
+            sink: step.sink().map(str::to_string),
             result: ActionResult::Planned,
             detail: step.reason().to_string(),
         }
@@ -49,6 +53,7 @@ impl ActionRecord {
         Self {
             step: step.name().into(),
             access_key_id: step.key_id().map(str::to_string),
+            sink: step.sink().map(str::to_string),
             result: ActionResult::Done,
             detail,
         }
@@ -58,6 +63,7 @@ impl ActionRecord {
         Self {
             step: step.name().into(),
             access_key_id: step.key_id().map(str::to_string),
+            sink: step.sink().map(str::to_string),
             result: ActionResult::Failed,
             detail,
         }
@@ -67,6 +73,7 @@ impl ActionRecord {
         Self {
             step: step.into(),
             access_key_id: key.map(str::to_string),
+            sink: None,
             result: ActionResult::Done,
             detail,
         }
@@ -125,9 +132,40 @@ pub struct RotationReport {
     pub verification: Option<VerificationSummary>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub profiles_updated: Vec<ProfileUpdate>,
+    /// Where the new key went (every sink but the built-in `stdout`, which is what
+    /// prints this report).
+    #[serde(
+        rename = "Sinks",
+        skip_serializing_if = "only_stdout",
+        serialize_with = "without_stdout"
+    )]
+    pub sinks: Vec<SinkReport>,
     /// Why the plan is not feasible (dry run) or why the run stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// One sink of a rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SinkReport {
+    pub name: String,
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// The sink has the new key (delivery finished).
+    pub delivered: bool,
+    /// Reading it back showed the new key.
+    pub verified: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+fn only_stdout(v: &[SinkReport]) -> bool {
+    v.iter().all(|s| s.name == crate::sink::STDOUT)
+}
+
+fn without_stdout<S: serde::Serializer>(v: &[SinkReport], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().filter(|x| x.name != crate::sink::STDOUT))
 }
 
 impl RotationReport {

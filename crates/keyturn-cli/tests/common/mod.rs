@@ -7,6 +7,8 @@
 //! `.venv` (created by `make test`).
 #![allow(dead_code)]
 
+pub mod services;
+
 use aws_credential_types::Credentials;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};

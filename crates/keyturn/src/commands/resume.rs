@@ -9,16 +9,19 @@
 
 use crate::aws::{NewKey, SdkKeyApi};
 use crate::commands::rotate::finish_run;
-use crate::credfile::{FileProfileWriter, SharedFiles, SECRET};
-use crate::engine::{Engine, ProfileWriter, Progress};
+use crate::credfile::{SharedFiles, SECRET};
+use crate::engine::{sink_reports, Engine, Progress};
 use crate::error::{exit, Error, Result};
-use crate::journal::{Delivery, Journal, RunRecord, RunStatus, StepPhase};
+use crate::journal::{Journal, RunRecord, RunStatus, StepPhase};
 use crate::plan::{Mode, Step};
 use crate::printer::{OutputFormat, Printer};
 use crate::remote::RemoteConfig;
 use crate::report::ActionRecord;
+use crate::secret::SecretKey;
+use crate::sink::{SinkEnv, SinkSet, SinkSpec};
 use crate::verify::VerifyPolicy;
 use aws_credential_types::Credentials;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Default)]
@@ -27,6 +30,11 @@ pub struct ResumeSettings {
     pub run_id: Option<String>,
     /// MFA code, for self-rotations of a profile with `mfa_serial`.
     pub mfa_code: Option<String>,
+}
+
+/// Runs `resume` finishes: interrupted ones, and ones that stopped with work left.
+fn resumable(status: RunStatus) -> bool {
+    matches!(status, RunStatus::Running | RunStatus::Incomplete)
 }
 
 pub async fn resume<J: Journal>(
@@ -39,7 +47,7 @@ pub async fn resume<J: Journal>(
             let rec = journal.run(id).await?.ok_or_else(|| {
                 Error::InvalidInput(format!("no run {id} in the journal; see `keyturn history`"))
             })?;
-            if rec.status != RunStatus::Running {
+            if !resumable(rec.status) {
                 printer.status(&format!(
                     "keyturn: run {id} already ended ({}); nothing to resume",
                     rec.status.as_str()
@@ -52,7 +60,7 @@ pub async fn resume<J: Journal>(
             .runs(None)
             .await?
             .into_iter()
-            .filter(|r| r.status == RunStatus::Running)
+            .filter(|r| resumable(r.status))
             .collect(),
     };
     if runs.is_empty() {
@@ -77,11 +85,12 @@ pub async fn resume<J: Journal>(
     Ok(code)
 }
 
-fn output_of(d: &Delivery) -> OutputFormat {
-    let f = match d {
-        Delivery::Stdout { format } | Delivery::Profiles { format, .. } => format,
-    };
-    OutputFormat::parse(f).unwrap_or_default()
+/// The shared files of a self-rotation (from its `profiles` sink).
+fn profile_files(sinks: &[SinkSpec]) -> Option<(PathBuf, PathBuf)> {
+    sinks.iter().find_map(|s| match s {
+        SinkSpec::Profiles(p) => Some((p.credentials.clone(), p.config.clone())),
+        _ => None,
+    })
 }
 
 async fn resume_one<J: Journal>(
@@ -97,9 +106,25 @@ async fn resume_one<J: Journal>(
         "keyturn: resuming run {run_id} ({} in account {})",
         meta.user_name, meta.account
     ));
-    let progress = rec.progress();
-    let done = &progress.done;
+    let journaled = rec.progress();
+    let steps = &meta.plan.steps;
+    let files = profile_files(&meta.sinks);
     let secret = journal.secret(run_id).await?;
+    let secret_erased = secret.is_none();
+    // The secret is erased once every sink verified the new key; after that only a
+    // self-rotation still needs it (the old key is retired signing with the new one),
+    // and the profile files hold it then.
+    let secret = match (secret, &rec.new_key_id, &files) {
+        (Some(s), _, _) => Some(s),
+        (None, Some(id), Some((cred, conf))) => SharedFiles::load(cred, conf)
+            .ok()
+            .and_then(|f| {
+                let (_, profile) = f.holders(id).into_iter().next()?;
+                f.get(&profile, SECRET)
+            })
+            .map(SecretKey::new),
+        _ => None,
+    };
     let new_key = match (&rec.new_key_id, secret) {
         (Some(id), Some(secret)) => Some(NewKey {
             user_name: meta.user_name.clone(),
@@ -109,36 +134,34 @@ async fn resume_one<J: Journal>(
         }),
         _ => None,
     };
-    let steps = &meta.plan.steps;
-    let done_of =
-        |pred: fn(&Step) -> bool| steps.iter().enumerate().any(|(i, s)| pred(s) && done[i]);
-    let created = done_of(|s| matches!(s, Step::CreateKey { .. }));
-    if created && new_key.is_none() {
-        // The secret was erased, which happens only after every output got the key.
-        journal.finish(run_id, RunStatus::Succeeded, None).await?;
-        printer.status(&format!(
-            "keyturn: run {run_id} had already delivered its key; marked succeeded"
-        ));
-        return Ok(exit::SUCCESS);
-    }
+    let api = caller_api(&rec, new_key.as_ref(), files.as_ref(), settings).await?;
+    let env = SinkEnv {
+        aws: api.sdk_config().clone(),
+        printer: printer.clone(),
+        output: OutputFormat::parse(&meta.output).unwrap_or_default(),
+    };
+    let sinks = SinkSet::build(&meta.sinks, &env)?;
 
-    let writer = match &meta.delivery {
-        Delivery::Profiles {
-            credentials,
-            config,
-            ..
-        } => Some(FileProfileWriter {
-            credentials: credentials.clone(),
-            config: config.clone(),
-            lock_wait: Duration::from_secs(5),
-        }),
-        _ => None,
+    // A delivery step that was started may have put the new key somewhere: from then
+    // on the new key must not be deleted again.
+    let started = |i: usize| {
+        rec.steps
+            .iter()
+            .any(|s| s.index == Some(i) && s.phase == StepPhase::Intent)
     };
-    let api = caller_api(&rec, new_key.as_ref(), writer.as_ref(), settings).await?;
-    let delivered = match meta.mode {
-        Mode::User => done_of(|s| matches!(s, Step::VerifyNewKey { .. })),
-        Mode::Profile { .. } => done_of(|s| matches!(s, Step::WriteProfiles { .. })),
-    };
+    let delivered = steps
+        .iter()
+        .enumerate()
+        .any(|(i, s)| matches!(s, Step::Deliver { .. }) && started(i));
+    let mut sink_state = sink_reports(&meta);
+    for (i, s) in steps.iter().enumerate() {
+        if let (Some(name), true) = (s.sink(), journaled.done[i]) {
+            if let Some(r) = sink_state.iter_mut().find(|r| r.name == name) {
+                r.delivered = true;
+                r.verified |= matches!(s, Step::VerifyDelivery { .. });
+            }
+        }
+    }
     let actions = rec
         .steps
         .iter()
@@ -149,25 +172,39 @@ async fn resume_one<J: Journal>(
                 .map(|st| ActionRecord::done(st, s.detail.clone()))
         })
         .collect();
-    let failed = progress.failed;
+    let mut next = journaled.next;
+    let mut redo = journaled.next_started;
+    // A read-back that failed is retried from the delivery of that sink.
+    if let Some(Step::VerifyDelivery { sink, .. }) = steps.get(next) {
+        if journaled.failed {
+            if let Some(d) = steps[..next]
+                .iter()
+                .rposition(|s| matches!(s, Step::Deliver { sink: n, .. } if n == sink))
+            {
+                next = d;
+                redo = false;
+            }
+        }
+    }
     let mut progress = Progress {
-        next: progress.next,
-        redo: progress.next_started,
+        next,
+        redo,
         new_key,
         actions,
         verification: None,
         profiles_updated: vec![],
         delivered,
+        sinks: sink_state,
+        secret_erased,
+        cleanup_pending: false,
     };
     let verify = VerifyPolicy {
-        timeout: Duration::from_secs(meta.verify_timeout_secs.max(1)),
+        timeout: Duration::from_secs(meta.verify_timeout_secs.clamp(1, 3600)),
         ..VerifyPolicy::default()
     };
-    let engine = Engine::new(&api, journal, verify).with_profiles(
-        writer.as_ref().map(|w| w as &dyn ProfileWriter),
-        meta.mfa_serial.is_none(),
-    );
-    let result = if failed && !delivered {
+    let engine =
+        Engine::new(&api, journal, verify, &sinks).retire_with_new_key(meta.mfa_serial.is_none());
+    let result = if journaled.failed && !delivered {
         // The run had failed and was cleaning up when it stopped: finish the cleanup.
         Err(engine
             .compensate(
@@ -179,15 +216,7 @@ async fn resume_one<J: Journal>(
     } else {
         engine.execute(&meta, &mut progress).await
     };
-    finish_run(
-        &meta,
-        progress,
-        result,
-        output_of(&meta.delivery),
-        journal,
-        printer,
-    )
-    .await
+    finish_run(&meta, progress, result, journal, printer).await
 }
 
 /// Credentials to resume with. User mode: the caller's chain as recorded. Profile
@@ -196,7 +225,7 @@ async fn resume_one<J: Journal>(
 async fn caller_api(
     rec: &RunRecord,
     new_key: Option<&NewKey>,
-    writer: Option<&FileProfileWriter>,
+    files: Option<&(PathBuf, PathBuf)>,
     settings: &ResumeSettings,
 ) -> Result<SdkKeyApi> {
     let meta = &rec.meta;
@@ -204,14 +233,15 @@ async fn caller_api(
     let Mode::Profile { in_use_key } = &meta.mode else {
         return Ok(SdkKeyApi::new(&remote.load().await));
     };
-    let w = writer.ok_or_else(|| Error::Runtime("profile run without profile files".into()))?;
-    let files = SharedFiles::load(&w.credentials, &w.config)?;
-    let creds = if let Some((_, profile)) = files.holders(in_use_key).into_iter().next() {
-        let secret = files
+    let (cred, conf) =
+        files.ok_or_else(|| Error::Runtime("profile run without profile files".into()))?;
+    let shared = SharedFiles::load(cred, conf)?;
+    let creds = if let Some((_, profile)) = shared.holders(in_use_key).into_iter().next() {
+        let secret = shared
             .get(&profile, SECRET)
             .ok_or_else(|| Error::Runtime(format!("profile {profile} lost its secret")))?;
         Credentials::new(in_use_key, secret, None, None, "keyturn-resume")
-    } else if let Some(k) = new_key.filter(|k| !files.holders(&k.access_key_id).is_empty()) {
+    } else if let Some(k) = new_key.filter(|k| !shared.holders(&k.access_key_id).is_empty()) {
         Credentials::new(
             &k.access_key_id,
             k.secret.expose(),
@@ -222,8 +252,8 @@ async fn caller_api(
     } else {
         return Err(Error::Runtime(format!(
             "neither the old key {in_use_key} nor the new key is in {} or {} any more; resume cannot sign in as the user",
-            w.credentials.display(),
-            w.config.display()
+            cred.display(),
+            conf.display()
         )));
     };
     remote.profile = meta.profile.clone();

@@ -3,9 +3,13 @@
 //! the key it created.
 //!
 //! A deleted key cannot come back, so a run that deleted what it retired is refused
-//! (exit 2). For a self-rotation the profile files hold the new key, so the new key is
-//! left Active (deactivating it would lock the profile out) and only the old key is
-//! re-activated.
+//! (exit 2). Sinks that keep versions are put back to what they held before the run
+//! (Secrets Manager moves AWSCURRENT back to AWSPREVIOUS; SSM writes the previous
+//! value back); the new key is deactivated only when no consumer can still depend on
+//! it: every sink was restored (the key printed on stdout is the caller's to handle).
+//! A sink that keeps no history (a file, a hook, the profile files of a
+//! self-rotation) still holds the new key, so the new key is left Active and the
+//! report says which sinks still hold it.
 
 use crate::aws::{KeyApi, SdkKeyApi};
 use crate::error::{exit, Error, Result};
@@ -14,6 +18,7 @@ use crate::model::KeyStatus;
 use crate::plan::{Mode, Step};
 use crate::printer::{HistoryFormat, Printer};
 use crate::remote::RemoteConfig;
+use crate::sink::{RollbackOutcome, RollbackRequest, SinkEnv, SinkSet, SinkSpec};
 use serde::Serialize;
 
 #[derive(Debug, Clone)]
@@ -33,6 +38,16 @@ pub struct RollbackReport {
     pub reactivated: Vec<String>,
     pub deactivated: Vec<String>,
     pub left_active: Vec<String>,
+    /// What each sink of the run did (`restored` / `not-supported` / `failed`).
+    pub sinks: Vec<SinkRollback>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SinkRollback {
+    pub name: String,
+    pub result: &'static str,
+    pub detail: String,
 }
 
 fn done_keys(rec: &RunRecord, pred: fn(&Step) -> bool) -> Vec<String> {
@@ -54,12 +69,19 @@ pub async fn rollback<J: Journal>(
     journal: &J,
     printer: &Printer,
 ) -> Result<i32> {
-    let api = SdkKeyApi::new(&settings.remote.load().await);
-    rollback_with(&api, settings, journal, printer).await
+    let config = settings.remote.load().await;
+    let api = SdkKeyApi::new(&config);
+    let env = SinkEnv {
+        aws: config,
+        printer: printer.clone(),
+        output: Default::default(),
+    };
+    rollback_with(&api, &env, settings, journal, printer).await
 }
 
 pub async fn rollback_with<A: KeyApi, J: Journal>(
     api: &A,
+    env: &SinkEnv,
     settings: &RollbackSettings,
     journal: &J,
     printer: &Printer,
@@ -127,7 +149,7 @@ pub async fn rollback_with<A: KeyApi, J: Journal>(
     journal
         .lock(&rec.meta.account, &settings.user, &lock_id)
         .await?;
-    let result = apply(api, &rec, &deactivated, journal, printer).await;
+    let result = apply(api, env, &rec, &deactivated, journal, printer).await;
     journal
         .unlock(&rec.meta.account, &settings.user, &lock_id)
         .await?;
@@ -140,6 +162,7 @@ pub async fn rollback_with<A: KeyApi, J: Journal>(
 
 async fn apply<A: KeyApi, J: Journal>(
     api: &A,
+    env: &SinkEnv,
     rec: &RunRecord,
     old_keys: &[String],
     journal: &J,
@@ -161,6 +184,7 @@ async fn apply<A: KeyApi, J: Journal>(
         reactivated: vec![],
         deactivated: vec![],
         left_active: vec![],
+        sinks: vec![],
     };
     for k in old_keys {
         api.set_status(user, k, KeyStatus::Active).await?;
@@ -170,6 +194,51 @@ async fn apply<A: KeyApi, J: Journal>(
         printer.status(&format!("keyturn: re-activated {k}"));
         report.reactivated.push(k.clone());
     }
+    // Put the sinks back (after the old key works again, before the new one stops).
+    let mut still_hold_new: Vec<String> = Vec::new();
+    let specs: Vec<_> = rec
+        .meta
+        .sinks
+        .iter()
+        .filter(|s| !matches!(s, SinkSpec::Stdout(_)))
+        .cloned()
+        .collect();
+    let sinks = SinkSet::build(&specs, env)?;
+    for name in sinks.names() {
+        let sink = sinks.get(name)?;
+        let req = RollbackRequest {
+            account: &rec.meta.account,
+            user_name: user,
+            run_id,
+            new_key_id: rec.new_key_id.as_deref().unwrap_or_default(),
+            old_key_id: old_keys.first().map(String::as_str),
+        };
+        let (result, detail) = match sink.rollback(&req).await {
+            Ok(RollbackOutcome::Restored(d)) => ("restored", d),
+            Ok(RollbackOutcome::NotSupported(d)) => {
+                still_hold_new.push(name.to_string());
+                ("not-supported", d)
+            }
+            Err(e) => {
+                still_hold_new.push(name.to_string());
+                ("failed", e.to_string())
+            }
+        };
+        journal
+            .note(
+                run_id,
+                "rollback",
+                result == "restored",
+                &format!("sink {name}: {detail}"),
+            )
+            .await?;
+        printer.status(&format!("keyturn: sink {name}: {detail}"));
+        report.sinks.push(SinkRollback {
+            name: name.to_string(),
+            result,
+            detail,
+        });
+    }
     if let Some(new) = rec
         .new_key_id
         .as_ref()
@@ -178,6 +247,13 @@ async fn apply<A: KeyApi, J: Journal>(
         if matches!(rec.meta.mode, Mode::Profile { .. }) {
             printer.status(&format!(
                 "keyturn: kept the new key {new} Active: the profile files hold it (deactivating it would lock them out)"
+            ));
+            report.left_active.push(new.clone());
+        } else if !still_hold_new.is_empty() {
+            printer.status(&format!(
+                "keyturn: kept the new key {new} Active: {} still hold{} it (deactivating it would break their consumers); deactivate it yourself once they hold the old key again",
+                still_hold_new.join(", "),
+                if still_hold_new.len() == 1 { "s" } else { "" }
             ));
             report.left_active.push(new.clone());
         } else {

@@ -8,15 +8,18 @@
 
 use crate::aws::{KeyApi, SdkKeyApi};
 use crate::credfile::{FileProfileWriter, ProfileSource, SharedFiles};
-use crate::engine::{Engine, ProfileWriter, Progress};
+use crate::engine::{report_of, Engine, Progress};
 use crate::error::{exit, Error, Result};
-use crate::journal::{Delivery, Journal, RunMeta, RunStatus};
+use crate::journal::{Journal, RunMeta, RunStatus};
 use crate::model::{Inventory, Usage};
 use crate::plan::{plan_rotation, Mode, PlanOptions, Refusal};
 use crate::printer::{OutputFormat, Printer};
 use crate::remote::RemoteConfig;
-use crate::report::{ActionRecord, ProfileUpdate, RotationReport, VerificationSummary};
+use crate::report::{ActionRecord, ProfileUpdate, RotationReport};
 use crate::secret::SecretKey;
+use crate::sink::profiles::ProfilesSpec;
+use crate::sink::stdout::StdoutSpec;
+use crate::sink::{SinkEnv, SinkSet, SinkSpec};
 use crate::verify::VerifyPolicy;
 use aws_credential_types::Credentials;
 use time::OffsetDateTime;
@@ -45,6 +48,46 @@ pub struct RotateSettings {
     pub mfa_code: Option<String>,
     /// stdin and stderr are a terminal: confirmations may be asked.
     pub interactive: bool,
+    /// `--sink NAME...`, resolved against the settings file (placeholders not yet
+    /// filled in). Empty: print on stdout (and, in self-rotation, write the profiles).
+    pub sinks: Vec<SinkSpec>,
+}
+
+impl RotateSettings {
+    /// The sinks of this rotation, in delivery order, before placeholders are filled.
+    fn sink_specs(&self, profiles: Option<&FileProfileWriter>) -> Vec<SinkSpec> {
+        let stdout = || {
+            SinkSpec::Stdout(StdoutSpec {
+                format: self.output.as_str().into(),
+            })
+        };
+        let mut v = Vec::new();
+        if let Some(w) = profiles {
+            v.push(SinkSpec::Profiles(ProfilesSpec {
+                credentials: w.credentials.clone(),
+                config: w.config.clone(),
+            }));
+        }
+        if self.sinks.is_empty() {
+            v.push(stdout());
+        } else {
+            v.extend(self.sinks.iter().cloned());
+        }
+        v
+    }
+}
+
+/// When stdout would be the only place the new secret goes, refuse a stdout that
+/// throws it away (`> /dev/null`, or closed at start, which the Rust runtime reopens
+/// as /dev/null): the old key would be retired and the new secret lost.
+fn check_stdout_destination(specs: &[SinkSpec], printer: &Printer) -> Result<()> {
+    let only_stdout = specs.iter().all(|s| matches!(s, SinkSpec::Stdout(_)));
+    if only_stdout && printer.stdout_discards() {
+        return Err(Error::InvalidInput(
+            "stdout is /dev/null (or was closed), and it is the only place the new secret would go; redirect stdout to a file or pipe, or deliver with --sink; nothing was changed".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The resolved subject of one rotation.
@@ -70,17 +113,32 @@ pub async fn rotate<J: Journal>(
 ) -> Result<i32> {
     match &settings.owner {
         KeyOwner::User(_) => {
+            check_stdout_destination(&settings.sink_specs(None), printer)?;
             let config = settings.remote.load().await;
             let api = SdkKeyApi::new(&config);
-            rotate_with(&api, settings, journal, printer).await
+            let env = sink_env(&config, settings, printer);
+            rotate_with(&api, &env, settings, journal, printer).await
         }
         KeyOwner::OwnProfile(name) => rotate_own_profile(name, settings, journal, printer).await,
+    }
+}
+
+fn sink_env(
+    config: &aws_config::SdkConfig,
+    settings: &RotateSettings,
+    printer: &Printer,
+) -> SinkEnv {
+    SinkEnv {
+        aws: config.clone(),
+        printer: printer.clone(),
+        output: settings.output,
     }
 }
 
 /// `rotate --user` over any [`KeyApi`] (unit tests pass a fake).
 pub async fn rotate_with<A: KeyApi, J: Journal>(
     api: &A,
+    env: &SinkEnv,
     settings: &RotateSettings,
     journal: &J,
     printer: &Printer,
@@ -100,7 +158,7 @@ pub async fn rotate_with<A: KeyApi, J: Journal>(
         profile: None,
         mfa_serial: None,
     };
-    run(api, subject, settings, journal, printer).await
+    run(api, env, subject, settings, journal, printer).await
 }
 
 /// Follow `name` to the profile whose static key is rotated (itself, or the
@@ -188,6 +246,7 @@ async fn rotate_own_profile<J: Journal>(
             caller.arn
         )));
     };
+    let sink_env = sink_env(&remote.load().await, settings, printer);
     let mfa_serial = files
         .get(&profile, "mfa_serial")
         .or_else(|| files.get(name, "mfa_serial"));
@@ -230,20 +289,21 @@ async fn rotate_own_profile<J: Journal>(
         profile: Some(name.to_string()),
         mfa_serial,
     };
-    run(&iam, subject, settings, journal, printer).await
+    run(&iam, &sink_env, subject, settings, journal, printer).await
 }
 
 /// Lock the user (unless dry run), then [`plan_and_run`]; the lock is released on
 /// any exit before the run is recorded, and by `finish` after.
 async fn run<A: KeyApi, J: Journal>(
     api: &A,
+    env: &SinkEnv,
     subject: Subject<'_>,
     settings: &RotateSettings,
     journal: &J,
     printer: &Printer,
 ) -> Result<i32> {
     if settings.dry_run {
-        return plan_and_run(api, subject, None, settings, journal, printer).await;
+        return plan_and_run(api, env, subject, None, settings, journal, printer).await;
     }
     let run_id = crate::journal::new_run_id();
     let (account, user) = (subject.account.clone(), subject.user.clone());
@@ -251,6 +311,7 @@ async fn run<A: KeyApi, J: Journal>(
     let mut begun = false;
     let result = plan_and_run(
         api,
+        env,
         subject,
         Some((&run_id, &mut begun)),
         settings,
@@ -267,6 +328,7 @@ async fn run<A: KeyApi, J: Journal>(
 /// Inventory -> plan -> (dry run | engine) -> delivery, for either mode.
 async fn plan_and_run<A: KeyApi, J: Journal>(
     api: &A,
+    env: &SinkEnv,
     subject: Subject<'_>,
     run: Option<(&str, &mut bool)>,
     settings: &RotateSettings,
@@ -280,7 +342,14 @@ async fn plan_and_run<A: KeyApi, J: Journal>(
     };
     let mode = subject.mode.clone();
     let now = OffsetDateTime::now_utc();
+    // Sinks with {account} and {user} filled in: what the run journals and uses.
+    let specs = settings
+        .sink_specs(subject.writer)
+        .iter()
+        .map(|s| s.render(&subject.account, &subject.user))
+        .collect::<Result<Vec<_>>>()?;
     let mut options = settings.options.clone();
+    options.sinks = specs.iter().map(|s| s.name().to_string()).collect();
     let mut planned = plan_rotation(&inventory, &mode, &options, now);
 
     // Refusals and dry runs show each key's last use, which costs one call per key;
@@ -314,6 +383,16 @@ async fn plan_and_run<A: KeyApi, J: Journal>(
             new_key: None,
             verification: None,
             profiles_updated: subject.holders.clone(),
+            sinks: specs
+                .iter()
+                .map(|s| crate::report::SinkReport {
+                    name: s.name().to_string(),
+                    kind: s.kind().to_string(),
+                    delivered: false,
+                    verified: false,
+                    detail: None,
+                })
+                .collect(),
             error: planned.as_ref().err().map(|e| e.to_string()),
         };
         printer
@@ -328,16 +407,9 @@ async fn plan_and_run<A: KeyApi, J: Journal>(
     let Some((run_id, begun)) = run else {
         return Err(Error::Runtime("a real run needs a run id".into()));
     };
-    let delivery = match subject.writer {
-        Some(w) => Delivery::Profiles {
-            credentials: w.credentials.clone(),
-            config: w.config.clone(),
-            format: settings.output.as_str().into(),
-        },
-        None => Delivery::Stdout {
-            format: settings.output.as_str().into(),
-        },
-    };
+    // Building a sink reads the secrets it needs (tokens): a missing one fails here,
+    // before anything is changed.
+    let sinks = SinkSet::build(&specs, env)?;
     let meta = RunMeta {
         run_id: run_id.to_string(),
         account: subject.account.clone(),
@@ -346,7 +418,8 @@ async fn plan_and_run<A: KeyApi, J: Journal>(
         options,
         plan,
         inventory: inventory.keys.clone(),
-        delivery,
+        sinks: specs,
+        output: settings.output.as_str().into(),
         remote: (&settings.remote).into(),
         verify_timeout_secs: settings.verify.timeout.as_secs(),
         started_at: now,
@@ -355,71 +428,67 @@ async fn plan_and_run<A: KeyApi, J: Journal>(
     };
     journal.begin(&meta).await?;
     *begun = true;
-    let engine = Engine::new(api, journal, settings.verify).with_profiles(
-        subject.writer.map(|w| w as &dyn ProfileWriter),
-        subject.retire_with_new_key,
-    );
-    let mut progress = Progress::default();
+    let engine = Engine::new(api, journal, settings.verify, &sinks)
+        .retire_with_new_key(subject.retire_with_new_key);
+    let mut progress = Progress::for_plan(&meta);
     let result = engine.execute(&meta, &mut progress).await;
-    finish_run(&meta, progress, result, settings.output, journal, printer).await
+    finish_run(&meta, progress, result, journal, printer).await
 }
 
-/// Deliver (print) the new key if the run produced one, erase it from the journal,
-/// and close the run. Shared by `rotate` and `resume`.
+/// Close a run: record how it ended and report it. The credentials were printed by
+/// the `stdout` sink, if the run had one; a run that delivered only to other sinks
+/// prints its report (without the secret) here. Shared by `rotate` and `resume`.
 pub async fn finish_run<J: Journal>(
     meta: &RunMeta,
     progress: Progress,
     result: Result<()>,
-    output: OutputFormat,
     journal: &J,
     printer: &Printer,
 ) -> Result<i32> {
-    let report = RotationReport {
-        run_id: Some(meta.run_id.clone()),
-        account: Some(meta.account.clone()),
-        user_name: meta.user_name.clone(),
-        mode: meta.mode.clone(),
-        dry_run: false,
-        inventory: meta.inventory.clone(),
-        actions: progress.actions,
-        verification: progress.verification.map(|v| VerificationSummary {
-            arn: v.arn,
-            attempts: v.attempts,
-            elapsed_ms: v.elapsed.as_millis() as u64,
-        }),
-        profiles_updated: progress.profiles_updated,
-        error: result.as_ref().err().map(|e| e.to_string()),
-        new_key: progress.new_key,
+    let mut report = report_of(
+        meta,
+        &progress,
+        result.as_ref().err().map(|e| e.to_string()),
+    );
+    let status = match &result {
+        Ok(()) => RunStatus::Succeeded,
+        Err(Error::PartialDelivery(_)) => RunStatus::Incomplete,
+        Err(_) if progress.cleanup_pending => RunStatus::Incomplete,
+        Err(_) if progress.new_key.is_some() => RunStatus::FailedAfterDelivery,
+        Err(_) => RunStatus::Failed,
     };
-    if report.new_key.is_some() {
-        printer
-            .rotation(&report, output)
-            .map_err(|e| Error::io("writing the new credentials to stdout", e))?;
-        crate::failpoint::hit("deliver");
-        journal.delivered(&meta.run_id).await?;
-    }
     for p in &report.profiles_updated {
         printer.status(&format!("keyturn: updated profile {p}"));
     }
+    let printed_by_sink = meta.sinks.iter().any(|s| matches!(s, SinkSpec::Stdout(_)));
+    if !printed_by_sink && report.new_key.is_some() {
+        // Delivered elsewhere: the report says where, and never carries the secret.
+        report.new_key = None;
+        let format = crate::printer::OutputFormat::parse(&meta.output).unwrap_or_default();
+        printer
+            .delivery_report(
+                &report,
+                progress.new_key.as_ref().map(|k| k.access_key_id.as_str()),
+                format,
+            )
+            .map_err(|e| Error::io("writing the report to stdout", e))?;
+    }
     match result {
         Ok(()) => {
-            journal
-                .finish(&meta.run_id, RunStatus::Succeeded, None)
-                .await?;
-            if let Some(id) = report.new_key_id() {
+            journal.finish(&meta.run_id, status, None).await?;
+            if let Some(k) = &progress.new_key {
+                let to: Vec<&str> = meta.sinks.iter().map(|s| s.name()).collect();
                 printer.status(&format!(
-                    "keyturn: rotated {}: new key {id} (run {})",
-                    meta.user_name, meta.run_id
+                    "keyturn: rotated {}: new key {} delivered to {} (run {})",
+                    meta.user_name,
+                    k.access_key_id,
+                    to.join(", "),
+                    meta.run_id
                 ));
             }
             Ok(exit::SUCCESS)
         }
         Err(e) => {
-            let status = if report.new_key.is_some() {
-                RunStatus::FailedAfterDelivery
-            } else {
-                RunStatus::Failed
-            };
             journal
                 .finish(&meta.run_id, status, Some(&e.to_string()))
                 .await?;
@@ -461,6 +530,7 @@ mod tests {
             source_profile_ok: false,
             mfa_code: None,
             interactive: false,
+            sinks: vec![],
         }
     }
 
@@ -476,7 +546,12 @@ mod tests {
 
     async fn run(api: &FakeApi, s: &RotateSettings) -> (Result<i32>, String, String) {
         let (printer, out, err) = Printer::capture();
-        let r = rotate_with(api, s, &NullJournal, &printer).await;
+        let env = SinkEnv {
+            aws: aws_config::SdkConfig::builder().build(),
+            printer: printer.clone(),
+            output: s.output,
+        };
+        let r = rotate_with(api, &env, s, &NullJournal, &printer).await;
         (r, out.text(), err.text())
     }
 
@@ -554,7 +629,11 @@ mod tests {
         let keys = api.keys_of("ci-bot");
         assert!(keys.contains(&(new_id, KeyStatus::Active)));
         assert!(keys.contains(&("K1".to_string(), KeyStatus::Active)));
-        assert_eq!(v["Actions"][2]["Result"], "failed");
+        // The credentials were printed before anything old was touched, so the
+        // printed report still shows the retirement as planned; the error says it failed.
+        assert_eq!(v["Actions"][4]["Step"], "deactivate-old-key");
+        assert_eq!(v["Actions"][4]["Result"], "planned");
+        assert!(e.to_string().contains("deactivate-old-key failed"), "{e}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -608,6 +687,8 @@ mod tests {
             [
                 "create-key",
                 "verify-new-key",
+                "deliver",
+                "verify-delivery",
                 "deactivate-old-key",
                 "delete-old-key"
             ]

@@ -24,20 +24,6 @@ use serde::{Deserialize, Serialize};
 use std::future::Future;
 use time::OffsetDateTime;
 
-/// Where the new secret goes once the run has it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "Kind", rename_all = "PascalCase")]
-pub enum Delivery {
-    /// Printed on stdout in this format (`env`, `json`, `table`).
-    Stdout { format: String },
-    /// Written into the profiles of these shared files, then stdout.
-    Profiles {
-        credentials: std::path::PathBuf,
-        config: std::path::PathBuf,
-        format: String,
-    },
-}
-
 /// Everything needed to finish a run from any point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -52,7 +38,11 @@ pub struct RunMeta {
     /// The user's keys when the run started: any other key found later was created by
     /// this run (the lock keeps other keyturn processes away).
     pub inventory: Vec<AccessKeyInfo>,
-    pub delivery: Delivery,
+    /// The run's sinks as they were resolved when it started (placeholders filled in),
+    /// so a resumed run delivers to exactly the same places.
+    pub sinks: Vec<crate::sink::SinkSpec>,
+    /// `--output` format of the run's report.
+    pub output: String,
     /// How AWS was called (profile/region/endpoint), to resume the same way.
     pub remote: RemoteMeta,
     /// Verification timeout in seconds.
@@ -107,6 +97,9 @@ pub enum RunStatus {
     Failed,
     /// Failed after the new key was delivered (the new key is in use).
     FailedAfterDelivery,
+    /// Stopped with work left (a partial delivery, an unfinished clean-up); keeps the
+    /// user's lock, and `keyturn resume` finishes it.
+    Incomplete,
     RolledBack,
 }
 
@@ -117,6 +110,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::FailedAfterDelivery => "failed-after-delivery",
+            RunStatus::Incomplete => "incomplete",
             RunStatus::RolledBack => "rolled-back",
         }
     }
@@ -129,6 +123,7 @@ impl RunStatus {
             "succeeded" => RunStatus::Succeeded,
             "failed" => RunStatus::Failed,
             "failed-after-delivery" => RunStatus::FailedAfterDelivery,
+            "incomplete" => RunStatus::Incomplete,
             "rolled-back" => RunStatus::RolledBack,
             _ => return None,
         })
@@ -288,7 +283,8 @@ pub trait Journal: Send + Sync {
         idx: usize,
         key: &NewKey,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// Every output has the secret: erase it from the journal.
+    /// Every sink has verified the new key (or it was deleted again): erase the
+    /// sealed secret from the journal.
     fn delivered(&self, run_id: &str) -> impl Future<Output = Result<()>> + Send;
     /// The run ended; release the lock.
     fn finish(

@@ -314,6 +314,11 @@ impl SqliteJournal {
                 holder.pid
             ));
         }
+        if status.as_deref() == Some(RunStatus::Incomplete.as_str()) {
+            return Err(format!(
+                "run {held_by} of user {user} (account {account}) stopped with work left (see `keyturn history --user {user}`); finish it first with `keyturn resume {held_by}`"
+            ));
+        }
         tracing::info!(
             "taking over the lock of finished run {held_by} (pid {} is gone)",
             holder.pid
@@ -546,7 +551,10 @@ impl Journal for SqliteJournal {
                 "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4 WHERE run_id = ?1",
                 params![run_id, status.as_str(), now(), error],
             )?;
-            tx.execute("DELETE FROM locks WHERE run_id = ?1", [run_id])?;
+            // An incomplete run keeps the user locked until `resume` finishes it.
+            if status != RunStatus::Incomplete {
+                tx.execute("DELETE FROM locks WHERE run_id = ?1", [run_id])?;
+            }
             tx.commit()
         })
     }
