@@ -8,7 +8,7 @@ CARGO ?= cargo
 # The journal crash tests need the failpoints feature (compiled out of normal builds).
 TEST_FEATURES := --features keyturn-cli/failpoints
 
-.PHONY: demo test venv build lint unit bench clean
+.PHONY: demo test venv build lint unit bench man clean
 
 # The venv is complete once its stamp exists; the stamp is newer than every
 # requirements file it was built from. (A stamp file, not bin/python: that is a
@@ -48,6 +48,13 @@ test: venv lint
 	else \
 		KEYTURN_PYTHON=$(abspath $(VPY)) $(CARGO) test --locked --workspace $(TEST_FEATURES) --no-fail-fast; \
 	fi
+
+## Man pages, one per command (keyturn.1, keyturn-rotate.1, ...), generated from the
+## clap definitions by the binary itself: `man -l target/man/keyturn-rotate.1`.
+KEYTURN ?= $(CARGO) run --quiet --locked -p keyturn-cli --
+MAN_DIR ?= target/man
+man:
+	$(KEYTURN) --generate-man $(MAN_DIR)
 
 ## Benchmarks against the AWS CLI and boto3 baselines (see bench/README.md).
 bench: venv

@@ -2,8 +2,9 @@
 //! settings structs. Precedence: flag > environment variable > config file > default.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use keyturn::access::{is_role_arn, is_role_name};
 use keyturn::audit::render::Format;
-use keyturn::audit::{accounts::is_role_arn, AuditOptions, Policy, Source};
+use keyturn::audit::{AuditOptions, Policy, Source};
 use keyturn::commands::audit::AuditSettings;
 use keyturn::commands::config_check::ConfigCheckSettings;
 use keyturn::commands::history::HistorySettings;
@@ -93,6 +94,10 @@ pub enum Command {
     /// stale Inactive, root key), in one account, several, or a whole Organization.
     #[command(after_help = AUDIT_AFTER_HELP)]
     Audit(AuditArgs),
+
+    /// Print a shell completion script for bash, zsh, fish or powershell on stdout.
+    #[command(after_help = COMPLETIONS_AFTER_HELP)]
+    Completions(CompletionsArgs),
 
     /// Work with the settings file.
     #[command(subcommand)]
@@ -241,6 +246,7 @@ impl RemoteArgs {
             profile: self.profile.clone(),
             region: self.region.clone(),
             endpoint_url: self.endpoint_url.clone(),
+            ..RemoteConfig::default()
         }
     }
 }
@@ -502,13 +508,6 @@ pub struct AuditArgs {
     pub endpoint_url: Option<String>,
 }
 
-/// IAM role names: 1-64 of `A-Za-z0-9+=,.@_-`.
-fn valid_role_name(n: &str) -> bool {
-    (1..=64).contains(&n.len())
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
-}
-
 /// IAM paths: `/`, or `/` + printable ASCII + `/`, at most 512 characters.
 fn valid_user_path(p: &str) -> bool {
     p.len() <= 512
@@ -556,7 +555,7 @@ impl AuditArgs {
                 "--role-arn {a:?}: expected an IAM role ARN like arn:aws:iam::123456789012:role/NAME"
             ));
         }
-        if let Some(n) = self.role_name.as_deref().filter(|n| !valid_role_name(n)) {
+        if let Some(n) = self.role_name.as_deref().filter(|n| !is_role_name(n)) {
             return bad(format!(
                 "--role-name {n:?}: expected an IAM role name (1-64 of A-Z a-z 0-9 + = , . @ _ -)"
             ));
@@ -570,6 +569,7 @@ impl AuditArgs {
                     profile: None,
                     region: self.region.clone(),
                     endpoint_url: self.endpoint_url.clone(),
+                    ..RemoteConfig::default()
                 },
                 profiles: self.profiles.clone(),
                 role_arns: self.role_arns.clone(),
@@ -600,4 +600,27 @@ impl AuditArgs {
             color,
         })
     }
+}
+
+const COMPLETIONS_AFTER_HELP: &str = "\
+Install (the script is generated from this binary's own flags, so regenerate it after
+an upgrade):
+  bash        keyturn completions bash > ~/.local/share/bash-completion/completions/keyturn
+  zsh         keyturn completions zsh > ~/.zfunc/_keyturn   (with fpath+=~/.zfunc before compinit)
+  fish        keyturn completions fish > ~/.config/fish/completions/keyturn.fish
+  powershell  keyturn completions powershell >> $PROFILE";
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
+    Powershell,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: ShellArg,
 }

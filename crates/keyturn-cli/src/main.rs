@@ -2,6 +2,7 @@
 //! library, map the result to an exit code. No rotation logic lives here.
 
 mod args;
+mod generate;
 
 use args::{Cli, Command};
 use clap::Parser;
@@ -23,6 +24,9 @@ fn main() -> ExitCode {
     for v in &scrubbed {
         // Single-threaded here: no other thread can read the environment concurrently.
         std::env::remove_var(v);
+    }
+    if let Some(code) = generate::man_pages_from_argv() {
+        return code;
     }
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
@@ -53,6 +57,10 @@ fn main() -> ExitCode {
 async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
     use keyturn::commands::{history, resume, rollback, rotate};
     use keyturn::remote::RemoteConfig;
+    // Generated from the flags alone: no settings file, no AWS.
+    if let Command::Completions(a) = &cli.command {
+        return generate::completions(a, printer);
+    }
     let file = match &cli.command {
         // `config check` reads the file itself, to report every error in it.
         Command::Config(_) => keyturn::config::FileConfig::default(),
@@ -90,6 +98,7 @@ async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
             let settings = args::ConfigCommand::check_settings(cli.config.clone());
             keyturn::commands::config_check::config_check(&settings, printer).await
         }
+        Command::Completions(_) => unreachable!("handled above"),
     }
 }
 

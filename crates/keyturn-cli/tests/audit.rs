@@ -605,6 +605,57 @@ fn a_denied_credential_report_falls_back_to_the_api_with_a_warning() {
     );
 }
 
+#[test]
+fn csv_cells_that_would_start_a_formula_are_prefixed() {
+    let emu = Emulator::start();
+    // IAM user names may contain = + - @, so may start with them.
+    let hostile = ["=1+1", "-2+3@x", "+cmd", "@SUM"];
+    emu.seed(
+        ACCOUNT,
+        json!(hostile
+            .iter()
+            .map(|name| json!({ "name": name, "keys": [key(100, Some(1))] }))
+            .collect::<Vec<_>>()),
+    );
+    for source in ["report", "api"] {
+        let run = audit(&emu, &["--format", "csv", "--source", source]);
+        run.assert_code(3);
+        let mut rdr = csv::Reader::from_reader(run.stdout.as_bytes());
+        let user = rdr
+            .headers()
+            .unwrap()
+            .iter()
+            .position(|h| h == "user")
+            .unwrap();
+        let mut users: Vec<String> = rdr
+            .records()
+            .map(|r| r.unwrap()[user].to_string())
+            .filter(|u| u != "keyturn-admin" && u != "<root_account>")
+            .collect();
+        users.sort();
+        assert_eq!(
+            users,
+            ["'+cmd", "'-2+3@x", "'=1+1", "'@SUM"],
+            "{source}:\n{}",
+            run.stdout
+        );
+        for line in run.stdout.lines() {
+            for cell in line.split(',') {
+                assert!(
+                    !cell.trim_start_matches('"').starts_with(['=', '+', '@']),
+                    "{source}: {cell:?} in {line:?}"
+                );
+            }
+        }
+    }
+    // Only CSV is for spreadsheets: JSON keeps the names as they are.
+    let v = audit(&emu, &["--format", "json"]).json();
+    let users = findings_by_user(&verdicts(&v, ACCOUNT));
+    for name in hostile {
+        assert_eq!(users[name], ["too-old"], "{name}");
+    }
+}
+
 // ---- output formats ----------------------------------------------------------------
 
 /// A fixed set of users whose output is stable apart from dates and key ids.

@@ -18,6 +18,7 @@ fn iam(emu: &Emulator, retry: Option<RetryConfig>) -> aws_sdk_iam::Client {
         profile: None,
         region: Some("us-east-1".into()),
         endpoint_url: Some(emu.endpoint.clone()),
+        ..RemoteConfig::default()
     };
     let creds = Credentials::new(&emu.admin.id, &emu.admin.secret, None, None, "test");
     let sdk = rt().block_on(remote.load_with(Some(creds)));

@@ -21,6 +21,7 @@ fn keyturn_sdk(emu: &Emulator, c: &Creds, region: &str) -> aws_config::SdkConfig
         profile: None,
         region: Some(region.to_string()),
         endpoint_url: Some(emu.endpoint.clone()),
+        ..RemoteConfig::default()
     };
     let creds = Credentials::new(&c.id, &c.secret, c.token.clone(), None, "test");
     rt().block_on(remote.load_with(Some(creds)))

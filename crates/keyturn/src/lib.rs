@@ -6,6 +6,8 @@
 //! - [`model`], [`plan`]: key inventories and the pure rotation planner;
 //! - [`verify`], [`engine`]: proving a new key and executing a plan step by step;
 //! - [`aws`], [`remote`]: the AWS calls behind a trait, and how to reach AWS;
+//! - [`access`]: which accounts to work in and as whom (profiles, roles,
+//!   Organizations, refreshing role credentials), shared by audit and fleet runs;
 //! - [`journal`]: the durable record that makes rotations resumable;
 //! - [`printer`], [`report`]: the one place output is produced;
 //! - [`audit`]: the access-key audit rules, sources and output formats;
@@ -13,6 +15,7 @@
 //! - [`usage`]: who uses an access key, from CloudTrail management events;
 //! - [`commands`]: one module per subcommand.
 
+pub mod access;
 pub mod audit;
 pub mod aws;
 pub mod commands;

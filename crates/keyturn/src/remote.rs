@@ -5,6 +5,13 @@
 //! flag always wins over the environment and the environment over the files. An
 //! explicit `--profile` selects that profile's credentials (static keys, role chains,
 //! SSO, `credential_process`) even when `AWS_ACCESS_KEY_ID` is set, as the AWS CLI does.
+//!
+//! Retries: [`RetryMode::Standard`] (the default, used by `rotate`, `resume`, `audit`)
+//! or [`RetryMode::Adaptive`], the SDK's adaptive mode, which adds a client-side rate
+//! limiter: after a throttling error it lowers the rate at which requests are sent and
+//! raises it again as calls succeed. Fleet runs use it per account, so that thousands
+//! of calls against one account slow down to what IAM accepts instead of burning
+//! their attempts.
 
 use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::retry::RetryConfig;
@@ -22,12 +29,48 @@ pub const FALLBACK_REGION: &str = "us-east-1";
 /// retirement) from a key's real consumers in CloudTrail.
 pub const APP_NAME: &str = "keyturn";
 
+/// Attempts per call in [`RetryMode::Standard`]: IAM throttles at a few requests per
+/// second per account, so more than the SDK's default three.
+pub const STANDARD_MAX_ATTEMPTS: u32 = 6;
+
+/// How failed calls are retried (throttling, 5xx, transport errors).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "Mode")]
+pub enum RetryMode {
+    /// The SDK's standard mode: [`STANDARD_MAX_ATTEMPTS`] attempts with jittered
+    /// exponential backoff (200 ms doubling up to 10 s).
+    #[default]
+    Standard,
+    /// The SDK's adaptive mode: the standard backoff plus a client-side rate limiter
+    /// (a token bucket whose fill rate drops on `Throttling` and recovers on success),
+    /// and `max_attempts` attempts per call.
+    Adaptive {
+        #[serde(rename = "MaxAttempts")]
+        max_attempts: u32,
+    },
+}
+
+impl RetryMode {
+    /// The SDK retry configuration of this mode.
+    pub fn retry_config(&self) -> RetryConfig {
+        let (base, attempts) = match *self {
+            RetryMode::Standard => (RetryConfig::standard(), STANDARD_MAX_ATTEMPTS),
+            RetryMode::Adaptive { max_attempts } => (RetryConfig::adaptive(), max_attempts.max(1)),
+        };
+        base.with_max_attempts(attempts)
+            .with_initial_backoff(Duration::from_millis(200))
+            .with_max_backoff(Duration::from_secs(10))
+    }
+}
+
 /// Flags that select the AWS endpoint and caller. `None` means "use the default chain".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RemoteConfig {
     pub profile: Option<String>,
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
+    /// How calls are retried (standard unless a fleet run asks for adaptive).
+    pub retry: RetryMode,
 }
 
 impl RemoteConfig {
@@ -40,14 +83,7 @@ impl RemoteConfig {
     pub async fn load_with(&self, credentials: Option<Credentials>) -> SdkConfig {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .app_name(AppName::new(APP_NAME).expect("a valid app name"))
-            // Standard retries with jittered backoff; IAM throttles at a few requests per
-            // second per account, so allow more attempts than the SDK's default three.
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(6)
-                    .with_initial_backoff(Duration::from_millis(200))
-                    .with_max_backoff(Duration::from_secs(10)),
-            );
+            .retry_config(self.retry.retry_config());
         if let Some(p) = &self.profile {
             loader = loader.profile_name(p);
         }
@@ -78,5 +114,64 @@ impl RemoteConfig {
         } else {
             cfg
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_config::retry::RetryMode as SdkRetryMode;
+
+    #[test]
+    fn standard_retries_stay_as_they_were() {
+        let c = RetryMode::default().retry_config();
+        assert_eq!(c.mode(), SdkRetryMode::Standard);
+        assert_eq!(c.max_attempts(), 6);
+        assert_eq!(c.initial_backoff(), Duration::from_millis(200));
+        assert_eq!(c.max_backoff(), Duration::from_secs(10));
+        assert_eq!(RemoteConfig::default().retry, RetryMode::Standard);
+    }
+
+    #[test]
+    fn adaptive_retries_rate_limit_on_the_client() {
+        let c = RetryMode::Adaptive { max_attempts: 12 }.retry_config();
+        assert_eq!(c.mode(), SdkRetryMode::Adaptive);
+        assert_eq!(c.max_attempts(), 12);
+        assert_eq!(c.max_backoff(), Duration::from_secs(10));
+        // Zero attempts would mean "never send": at least one.
+        let c = RetryMode::Adaptive { max_attempts: 0 }.retry_config();
+        assert_eq!(c.max_attempts(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_loaded_configuration_carries_the_mode() {
+        let remote = RemoteConfig {
+            region: Some("eu-west-1".into()),
+            endpoint_url: Some("http://127.0.0.1:9".into()),
+            retry: RetryMode::Adaptive { max_attempts: 9 },
+            ..RemoteConfig::default()
+        };
+        let cfg = remote
+            .load_with(Some(Credentials::new(
+                "AKIDEXAMPLE",
+                "secret",
+                None,
+                None,
+                "test",
+            )))
+            .await;
+        let retry = cfg.retry_config().unwrap();
+        assert_eq!(retry.mode(), SdkRetryMode::Adaptive);
+        assert_eq!(retry.max_attempts(), 9);
+        let cfg = RemoteConfig::default()
+            .load_with(Some(Credentials::new(
+                "AKIDEXAMPLE",
+                "secret",
+                None,
+                None,
+                "test",
+            )))
+            .await;
+        assert_eq!(cfg.retry_config().unwrap().mode(), SdkRetryMode::Standard);
     }
 }

@@ -7,8 +7,9 @@
 //! - [`report`] and [`api`] read an account's keys from the IAM credential report or
 //!   from the IAM API and normalize both into the same [`KeyRecord`], so the pure rules
 //!   in [`evaluate`] cannot give different verdicts for the two sources;
-//! - [`accounts`] turns `--profile`/`--role-arn`/`--organization` into the accounts to
-//!   audit and the credentials for each;
+//! - [`run`] turns `--profile`/`--role-arn`/`--organization` into
+//!   [`crate::access::AccountSource`]s and reaches each account through
+//!   [`crate::access`] (shared with fleet runs);
 //! - [`render`] prints the result as a table, JSON, CSV, Markdown or a self-contained
 //!   HTML page.
 //!
@@ -26,17 +27,17 @@
 //! A key can have several findings (an old, unused key is `too-old` and `unused`); a
 //! key with none is compliant (`ok`).
 
-pub mod accounts;
 pub mod api;
 pub mod render;
 pub mod report;
 
+use crate::access::{
+    Access, Account, AccountSource, OrganizationSource, RoleSource, Route, Unreachable,
+};
 use crate::aws::SdkKeyApi;
 use crate::error::{AwsError, AwsErrorKind};
 use crate::model::{KeyStatus, Usage};
 use crate::remote::RemoteConfig;
-use accounts::Target;
-use aws_config::SdkConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
@@ -50,6 +51,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// The user name the credential report gives the root user (kept for both sources).
 pub const ROOT_USER: &str = "<root_account>";
+
+/// The STS session name of every role `audit` assumes (visible in CloudTrail).
+pub const SESSION_NAME: &str = "keyturn-audit";
 
 /// Where an account's keys are read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -397,6 +401,25 @@ pub struct AuditOptions {
     pub concurrency: usize,
 }
 
+/// The accounts the options name, in order: `--profile`s, `--role-arn`s, then the
+/// Organization (or the caller's own account when none is named).
+pub fn account_sources(options: &AuditOptions) -> Vec<AccountSource> {
+    let mut sources: Vec<AccountSource> = Vec::new();
+    sources.extend(options.profiles.iter().cloned().map(AccountSource::Profile));
+    sources.extend(
+        options
+            .role_arns
+            .iter()
+            .map(|arn| AccountSource::Role(RoleSource::new(arn))),
+    );
+    match &options.organization_role {
+        Some(role) => sources.push(AccountSource::Organization(OrganizationSource::new(role))),
+        None if sources.is_empty() => sources.push(AccountSource::Caller),
+        None => {}
+    }
+    sources
+}
+
 /// Audit every account the options name. Never fails as a whole: an account that
 /// cannot be reached or read becomes an error entry, and the others complete.
 pub async fn run(options: &AuditOptions) -> AuditReport {
@@ -405,56 +428,49 @@ pub async fn run(options: &AuditOptions) -> AuditReport {
         profile: None,
         ..options.remote.clone()
     };
-    let base = base_remote.load().await;
-    let mut targets: Vec<Target> = Vec::new();
-    targets.extend(options.profiles.iter().cloned().map(Target::Profile));
-    targets.extend(options.role_arns.iter().cloned().map(Target::Role));
-    // Listing the Organization's accounts failed: one error row, after the others.
-    let mut discovery_error = None;
-    if let Some(role) = &options.organization_role {
-        match accounts::organization_targets(&base, role).await {
-            Ok(t) => targets.extend(t),
-            Err(d) => {
-                discovery_error = Some(AccountResult {
-                    account_id: d.account_id,
-                    alias: None,
-                    via: d.via,
-                    outcome: Err(d.error.to_string()),
-                })
+    let access = Access::new(&base_remote, SESSION_NAME)
+        .await
+        .expect("SESSION_NAME is a valid session name");
+    let mut routes: Vec<Route> = Vec::new();
+    // Listing the Organization's accounts failed: error rows, after the others.
+    let mut unlisted: Vec<Unreachable> = Vec::new();
+    for source in account_sources(options) {
+        for r in access.routes(None, &source).await {
+            match r {
+                Ok(route) => routes.push(route),
+                Err(u) => unlisted.push(u),
             }
         }
-    } else if targets.is_empty() {
-        targets.push(Target::Caller);
     }
 
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
-    let shared = Arc::new((options.clone(), base));
+    let shared = Arc::new((options.clone(), access));
     let mut tasks = JoinSet::new();
-    for (i, target) in targets.iter().cloned().enumerate() {
+    for (i, route) in routes.iter().cloned().enumerate() {
         let (permits, shared) = (permits.clone(), shared.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire().await.expect("semaphore is never closed");
-            let (options, base) = &*shared;
-            (i, audit_target(&target, base, options, now).await)
+            let (options, access) = &*shared;
+            (i, audit_account(&route, access, options, now).await)
         });
     }
-    let mut audited: Vec<Option<AccountResult>> = vec![None; targets.len()];
+    let mut audited: Vec<Option<AccountResult>> = vec![None; routes.len()];
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((i, r)) => audited[i] = Some(r),
             Err(e) => tracing::error!("an account audit task failed: {e}"),
         }
     }
-    let mut results: Vec<AccountResult> = Vec::with_capacity(targets.len() + 1);
-    for (target, r) in targets.iter().zip(audited) {
+    let mut results: Vec<AccountResult> = Vec::with_capacity(routes.len() + unlisted.len());
+    for (route, r) in routes.iter().zip(audited) {
         results.push(r.unwrap_or_else(|| AccountResult {
-            account_id: target.known_account(),
+            account_id: route.account_id.clone(),
             alias: None,
-            via: target.via(),
+            via: route.via.clone(),
             outcome: Err("the audit task of this account failed (see the log)".into()),
         }));
     }
-    results.extend(discovery_error);
+    results.extend(unlisted.into_iter().map(AccountResult::unreachable));
     // The same account reached twice (two profiles of one account, a profile for an
     // organization member): keep the first.
     let mut seen = std::collections::HashSet::new();
@@ -471,51 +487,54 @@ pub async fn run(options: &AuditOptions) -> AuditReport {
     }
 }
 
+impl AccountResult {
+    /// The error row of an account that could not be reached.
+    fn unreachable(u: Unreachable) -> Self {
+        AccountResult {
+            account_id: u.account_id,
+            alias: None,
+            via: u.via,
+            outcome: Err(u.error.to_string()),
+        }
+    }
+}
+
 /// Reach one account and read, evaluate its keys.
-async fn audit_target(
-    target: &Target,
-    base: &SdkConfig,
+async fn audit_account(
+    route: &Route,
+    access: &Access,
     options: &AuditOptions,
     now: OffsetDateTime,
 ) -> AccountResult {
-    let mut result = AccountResult {
-        account_id: target.known_account(),
-        alias: None,
-        via: target.via(),
-        outcome: Err(String::new()),
+    let account = match access.connect(route).await {
+        Ok(a) => a,
+        Err(u) => return AccountResult::unreachable(u),
     };
-    let config = match accounts::connect(target, base, &options.remote).await {
-        Ok((id, cfg)) => {
-            result.account_id = Some(id);
-            cfg
-        }
-        Err(e) => {
-            result.outcome = Err(e.to_string());
-            return result;
-        }
-    };
-    let iam = aws_sdk_iam::Client::new(&config);
-    let (alias, data) = tokio::join!(account_alias(&iam), read_account(&config, options));
-    result.alias = alias;
-    result.outcome = data
-        .map(|(mut d, records)| {
-            d.keys = evaluate_all(records, &options.policy, now);
-            d
-        })
-        .map_err(|e| e.to_string());
-    result
+    let iam = account.iam_client();
+    let (alias, data) = tokio::join!(account_alias(&iam), read_account(&account, options));
+    AccountResult {
+        account_id: Some(account.id),
+        alias,
+        via: account.via,
+        outcome: data
+            .map(|(mut d, records)| {
+                d.keys = evaluate_all(records, &options.policy, now);
+                d
+            })
+            .map_err(|e| e.to_string()),
+    }
 }
 
 /// Read the account's keys with the requested source, falling back from the report
 /// to the API when the report is denied.
 async fn read_account(
-    config: &SdkConfig,
+    account: &Account,
     options: &AuditOptions,
 ) -> crate::Result<(AccountData, Vec<KeyRecord>)> {
-    let api = SdkKeyApi::new(config);
+    let api = SdkKeyApi::new(&account.config);
     let mut fallback_reason = None;
     if options.source == Source::Report {
-        let iam = aws_sdk_iam::Client::new(config);
+        let iam = account.iam_client();
         match report::read(&iam, &options.user_path).await {
             Ok(r) => {
                 let data = AccountData {
@@ -808,6 +827,40 @@ mod tests {
             keys: evaluate_all(keys, &policy(None), NOW),
             warnings: vec![],
         }
+    }
+
+    fn options() -> AuditOptions {
+        AuditOptions {
+            remote: RemoteConfig::default(),
+            profiles: vec![],
+            role_arns: vec![],
+            organization_role: None,
+            policy: Policy::default(),
+            user_path: "/".into(),
+            source: Source::Report,
+            concurrency: 8,
+        }
+    }
+
+    #[test]
+    fn flags_map_onto_account_sources_in_order() {
+        assert_eq!(account_sources(&options()), vec![AccountSource::Caller]);
+        let o = AuditOptions {
+            profiles: vec!["a".into(), "b".into()],
+            role_arns: vec!["arn:aws:iam::111122223333:role/R".into()],
+            organization_role: Some("KeyturnAudit".into()),
+            ..options()
+        };
+        assert_eq!(
+            account_sources(&o),
+            vec![
+                AccountSource::Profile("a".into()),
+                AccountSource::Profile("b".into()),
+                AccountSource::Role(RoleSource::new("arn:aws:iam::111122223333:role/R")),
+                AccountSource::Organization(OrganizationSource::new("KeyturnAudit")),
+            ]
+        );
+        assert!(crate::access::is_session_name(SESSION_NAME));
     }
 
     #[test]

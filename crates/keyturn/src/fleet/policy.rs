@@ -777,17 +777,7 @@ fn cross_check(k: &Keys, run_wide: Option<&Keys>, errs: &mut Errors) {
     }
 }
 
-/// IAM role names: 1-64 of `A-Za-z0-9+=,.@_-`.
-pub fn valid_role_name(n: &str) -> bool {
-    (1..=64).contains(&n.len())
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
-}
-
-/// Is `arn` an IAM role ARN (`arn:PARTITION:iam::123456789012:role/[path/]NAME`)?
-fn is_role_arn(arn: &str) -> bool {
-    crate::audit::accounts::is_role_arn(arn)
-}
+use crate::access::{is_role_arn, is_role_name as valid_role_name};
 
 /// A 12-digit AWS account id.
 pub fn is_account_id(s: &str) -> bool {

@@ -82,6 +82,7 @@ impl From<&RemoteMeta> for RemoteConfig {
             profile: r.profile.clone(),
             region: r.region.clone(),
             endpoint_url: r.endpoint_url.clone(),
+            ..Self::default()
         }
     }
 }
