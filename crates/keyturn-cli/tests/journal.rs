@@ -526,6 +526,7 @@ fn my_uid() -> u32 {
 
 const NOBODY: u32 = 65534;
 
+#[cfg(feature = "failpoints")]
 fn mode_of(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
