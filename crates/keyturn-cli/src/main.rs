@@ -82,7 +82,7 @@ async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
             resume::resume(&a.resolve(), &j, printer).await
         }
         Command::History(a) => {
-            let j = journal.open(&RemoteConfig::default()).await?;
+            let j = journal.open_read_only(&RemoteConfig::default()).await?;
             history::history(&a.resolve(), &j, printer).await
         }
         Command::Rollback(a) => {

@@ -3,8 +3,9 @@
 //! rollback, sealed secrets, and refusal of corrupt or foreign journal files.
 //!
 //! Crashes are injected with the `failpoints` feature (`KEYTURN_FAILPOINT=<point>`
-//! aborts the process like `kill -9`), plus one real `kill -9`.
-#![cfg(feature = "failpoints")]
+//! aborts the process like `kill -9`), plus one real `kill -9`. Only the tests that
+//! inject a failpoint need the feature (`make test` enables it); everything else runs
+//! under a plain `cargo test`.
 
 mod common;
 
@@ -67,6 +68,7 @@ fn only_run_succeeded(emu: &Emulator) {
 }
 
 /// `--user` rotation with every flag, killed at `point`, then resumed.
+#[cfg(feature = "failpoints")]
 fn crash_and_resume_user(point: &str) {
     let emu = Emulator::start();
     emu.create_user("ci-bot");
@@ -115,6 +117,7 @@ fn crash_and_resume_user(point: &str) {
 }
 
 /// `--profile` self-rotation with every flag, killed at `point`, then resumed.
+#[cfg(feature = "failpoints")]
 fn crash_and_resume_profile(point: &str) {
     let emu = Emulator::start();
     emu.create_user_with_policy(
@@ -179,7 +182,7 @@ fn crash_and_resume_profile(point: &str) {
 
 macro_rules! crash_tests {
     ($runner:ident: $($name:ident => $point:literal),* $(,)?) => {
-        $( #[test] fn $name() { $runner($point); } )*
+        $( #[cfg(feature = "failpoints")] #[test] fn $name() { $runner($point); } )*
     };
 }
 
@@ -327,6 +330,7 @@ fn concurrent_rotations_of_one_user_one_wins_other_exits_2() {
     assert_ne!(keys[0].0, k1.id);
 }
 
+#[cfg(feature = "failpoints")]
 #[test]
 fn interrupted_run_blocks_new_rotation_until_resumed() {
     let emu = Emulator::start();
@@ -491,6 +495,7 @@ fn rollback_reactivates_old_key_and_refuses_after_delete() {
     assert_eq!(emu.keys("ci-bot"), before);
 }
 
+#[cfg(feature = "failpoints")]
 #[test]
 fn kms_sealed_secret_survives_a_crash() {
     let emu = Emulator::start();
@@ -531,4 +536,515 @@ fn kms_sealed_secret_survives_a_crash() {
     let new = resumed.env_creds();
     assert_eq!(emu.keys("ci-bot"), [(new.id.clone(), "Active".to_string())]);
     assert_journal_clean(&emu.journal_path(), &new.secret);
+}
+
+// ---- journal I/O failures, file modes, planted and read-only journals ----------------
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+/// The effective uid of this test process (the owner of a file it creates).
+fn my_uid() -> u32 {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::metadata(f.path()).unwrap().uid()
+}
+
+const NOBODY: u32 = 65534;
+
+#[cfg(feature = "failpoints")]
+fn mode_of(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", p.display()))
+}
+
+/// A mount undone on drop. `None` where this process may not mount (not root, or no
+/// CAP_SYS_ADMIN): the callers then say so on stderr and run their other cases.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn new(args: &[&str], target: &Path) -> Option<Mount> {
+        let ok = std::process::Command::new("mount")
+            .args(args)
+            .arg(target)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount(target.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Make a file-size limit of `bytes` apply to the child (writes past it fail with
+/// EFBIG, as on a full disk), with SIGXFSZ ignored so the write fails instead of
+/// killing the process.
+fn file_size_limit(cmd: &mut std::process::Command, bytes: u64) {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn assert_not_called_corrupt(run: &Run) {
+    for wrong in ["not a keyturn journal", "corrupt", "move it aside"] {
+        assert!(
+            !run.stderr.contains(wrong),
+            "an intact journal was called {wrong:?}:\n{}",
+            run.stderr
+        );
+    }
+}
+
+/// Issue 13: a journal that fills up right after `CreateAccessKey` is a runtime
+/// failure (exit 1, "disk is full"), not "invalid input" (exit 2); resume converges.
+#[cfg(feature = "failpoints")]
+#[test]
+fn journal_full_when_recording_the_new_key_exits_1_then_resume_converges() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    let k1 = emu.create_key("ci-bot");
+    // Writes: 1 lock, 2 begin, 3 create-key intent; the 4th (the new key) fails.
+    let full = emu.run(
+        emu.keyturn()
+            .args(["rotate", "--user", "ci-bot"])
+            .env("KEYTURN_FAILPOINT", "journal-full-after:3"),
+    );
+    full.assert_code(1);
+    full.assert_stderr("database or disk is full");
+    full.assert_stderr("keyturn resume");
+    assert_not_called_corrupt(&full);
+    let resumed = emu.run(emu.keyturn().args(["resume"]));
+    resumed.assert_code(0);
+    let new = resumed.env_creds();
+    let mut want = vec![
+        (k1.id.clone(), "Active".to_string()),
+        (new.id.clone(), "Active".to_string()),
+    ];
+    want.sort();
+    assert_eq!(emu.keys("ci-bot"), want, "no orphan key is left");
+    assert!(emu.whoami(&new).is_ok());
+    only_run_succeeded(&emu);
+    assert_journal_clean(&emu.journal_path(), &new.secret);
+}
+
+/// Issue 13: the journal fills up after the new key was sealed in it: exit 1, and the
+/// key is not lost: resume finishes with the same key.
+#[cfg(feature = "failpoints")]
+#[test]
+fn journal_full_after_the_key_is_sealed_keeps_it_for_resume() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    let k1 = emu.create_key("ci-bot");
+    emu.reset_stats();
+    // Writes: lock, begin, create intent, new key; the verify intent (5th) fails.
+    let full = emu.run(
+        emu.keyturn()
+            .args([
+                "rotate",
+                "--user",
+                "ci-bot",
+                "--deactivate-old-keys",
+                "--yes",
+            ])
+            .env("KEYTURN_FAILPOINT", "journal-full-after:4"),
+    );
+    full.assert_code(1);
+    full.assert_stderr("database or disk is full");
+    assert_not_called_corrupt(&full);
+    let resumed = emu.run(emu.keyturn().args(["resume"]));
+    resumed.assert_code(0);
+    let new = resumed.env_creds();
+    let mut want = vec![
+        (k1.id.clone(), "Inactive".to_string()),
+        (new.id.clone(), "Active".to_string()),
+    ];
+    want.sort();
+    assert_eq!(emu.keys("ci-bot"), want);
+    assert_eq!(creates(&emu), 1, "resume used the sealed key, created none");
+    only_run_succeeded(&emu);
+}
+
+/// Issue 17 #4: `resume` never creates a key while the journal cannot record it.
+#[cfg(feature = "failpoints")]
+#[test]
+fn resume_on_a_full_journal_creates_nothing() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    let k1 = emu.create_key("ci-bot");
+    let mut cmd = emu.keyturn();
+    cmd.args(["rotate", "--user", "ci-bot"])
+        .env("KEYTURN_FAILPOINT", "create-key:intent");
+    assert_eq!(emu.run(&mut cmd).code, -1);
+    emu.reset_stats();
+    let full = emu.run(
+        emu.keyturn()
+            .args(["resume"])
+            .env("KEYTURN_FAILPOINT", "journal-full-after:0"),
+    );
+    full.assert_code(1);
+    full.assert_stderr("database or disk is full");
+    assert_eq!(creates(&emu), 0, "no key created while the journal is full");
+    assert_eq!(emu.keys("ci-bot"), [(k1.id.clone(), "Active".to_string())]);
+    let resumed = emu.run(emu.keyturn().args(["resume"]));
+    resumed.assert_code(0);
+    assert_eq!(emu.keys("ci-bot").len(), 2);
+    only_run_succeeded(&emu);
+}
+
+/// Issue 17 #4: the journal makes room for the new key's sealed secret before
+/// `CreateAccessKey`: once the key exists, recording it needs no new disk space.
+/// The failpoint freezes the size of every file right after that reservation (a
+/// file-size limit: any write that would grow a file fails, as on a full disk).
+#[cfg(feature = "failpoints")]
+#[test]
+fn room_for_the_secret_is_reserved_before_create_access_key() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    let k1 = emu.create_key("ci-bot");
+    // A first run, so the journal exists with its schema (a fresh file grows anyway).
+    emu.run(emu.keyturn().args([
+        "rotate",
+        "--user",
+        "ci-bot",
+        "--deactivate-old-keys",
+        "--yes",
+    ]))
+    .assert_code(0);
+    assert!(emu
+        .keys("ci-bot")
+        .contains(&(k1.id.clone(), "Inactive".to_string())));
+    emu.reset_stats();
+    let run = emu.run(
+        emu.keyturn()
+            .args(["rotate", "--user", "ci-bot"])
+            .args(FULL)
+            .env("KEYTURN_FAILPOINT", "journal-full-after-reserve"),
+    );
+    run.assert_code(0);
+    let new = run.env_creds();
+    assert_eq!(creates(&emu), 1);
+    assert_eq!(emu.keys("ci-bot"), [(new.id.clone(), "Active".to_string())]);
+    let h = history(&emu);
+    assert_eq!(h["Runs"].as_array().unwrap().len(), 2);
+    let steps = h["Runs"][0]["Steps"].as_array().unwrap();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["Step"] == "create-key" && s["Phase"] == "done"),
+        "the new key was recorded with no room to grow: {h}"
+    );
+    assert_eq!(h["Runs"][0]["Status"], "succeeded", "{h}");
+    assert!(emu.whoami(&new).is_ok());
+}
+
+/// Issue 13: a full disk at open is an I/O failure (exit 1), not "not a keyturn
+/// journal ... corrupt" (exit 2); `history` still reads the journal.
+#[test]
+fn full_disk_at_open_is_an_io_error_not_corruption() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    emu.create_key("ci-bot");
+    emu.run(
+        emu.keyturn()
+            .args(["rotate", "--user", "ci-bot"])
+            .args(FULL),
+    )
+    .assert_code(0);
+    let db = emu.journal_path();
+    let before = std::fs::read(&db).unwrap();
+    // A file-size limit of 0: no file may grow (the journal's -shm must, at open).
+    let mut cmd = emu.keyturn();
+    cmd.args(["rotate", "--user", "ci-bot"]);
+    file_size_limit(&mut cmd, 0);
+    let run = emu.run(&mut cmd);
+    run.assert_code(1);
+    assert_not_called_corrupt(&run);
+    run.assert_stderr(db.display().to_string());
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+    let mut cmd = emu.keyturn();
+    cmd.args(["history", "--output", "json"]);
+    file_size_limit(&mut cmd, 0);
+    let h = emu.run(&mut cmd);
+    h.assert_code(0);
+    assert_eq!(h.json()["Runs"].as_array().unwrap().len(), 1);
+
+    // The real thing where this process may mount: a tmpfs filled to the last byte.
+    let dir = emu.dir.path().join("small");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let Some(_m) = Mount::new(&["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs"], &dir) else {
+        eprintln!("note: cannot mount a tmpfs here; the ENOSPC case ran as a file-size limit only");
+        return;
+    };
+    let small = dir.join("journal.sqlite");
+    emu.run(
+        emu.keyturn()
+            .arg("--journal")
+            .arg(&small)
+            .args(["rotate", "--user", "ci-bot"])
+            .args(FULL),
+    )
+    .assert_code(0);
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    let keys_before = emu.keys("ci-bot");
+    emu.reset_stats();
+    let run = emu.run(emu.keyturn().arg("--journal").arg(&small).args([
+        "rotate",
+        "--user",
+        "ci-bot",
+        "--deactivate-old-keys",
+        "--yes",
+    ]));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_not_called_corrupt(&run);
+    assert_eq!(creates(&emu), 0, "no key is created on a full journal disk");
+    assert_eq!(emu.keys("ci-bot"), keys_before);
+    let h = emu.run(
+        emu.keyturn()
+            .arg("--journal")
+            .arg(&small)
+            .args(["history", "--output", "json"]),
+    );
+    h.assert_code(0);
+    assert_eq!(h.json()["Runs"].as_array().unwrap().len(), 1);
+}
+
+/// Issue 13 / 17 #8: every journal file is created 0600, whatever the umask, also in
+/// a directory keyturn did not create.
+#[cfg(feature = "failpoints")]
+#[test]
+fn journal_files_are_created_0600_whatever_the_umask() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    emu.create_key("ci-bot");
+    let dir = emu.dir.path().join("journals");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = dir.join("j.sqlite");
+    let mut cmd = emu.keyturn();
+    cmd.arg("--journal")
+        .arg(&db)
+        .args(["rotate", "--user", "ci-bot"])
+        .env("KEYTURN_FAILPOINT", "verify-new-key");
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    assert_eq!(emu.run(&mut cmd).code, -1);
+    for suffix in ["", "-wal", "-shm", ".key"] {
+        let p = with_suffix(&db, suffix);
+        assert_eq!(mode_of(&p), 0o600, "{}", p.display());
+    }
+    assert_eq!(
+        mode_of(&dir),
+        0o755,
+        "a directory keyturn did not create is left as is"
+    );
+    emu.run(emu.keyturn().arg("--journal").arg(&db).arg("resume"))
+        .assert_code(0);
+}
+
+/// Issue 17 #8: journal files another user could have planted or changed are refused
+/// (exit 2) before anything is read from them or sent to AWS, naming the file and the
+/// fix. Reproduces the attack: uid 65534 plants an empty database and an all-zero key
+/// file.
+#[test]
+fn planted_journal_files_are_refused() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    let k1 = emu.create_key("ci-bot");
+    let root = my_uid() == 0;
+    let mut n = 0;
+    let mut case = |what: &str, setup: &dyn Fn(&Path), needles: &[&str]| {
+        n += 1;
+        let dir = emu.dir.path().join(format!("case{n}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let db = dir.join("journal.sqlite");
+        setup(&db);
+        let snapshot = |d: &Path| -> Vec<(String, Vec<u8>, u32, u32)> {
+            let mut v: Vec<_> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| {
+                    let p = e.unwrap().path();
+                    let m = std::fs::metadata(&p).unwrap();
+                    let bytes = if m.is_file() {
+                        std::fs::read(&p).unwrap()
+                    } else {
+                        vec![]
+                    };
+                    (p.display().to_string(), bytes, m.uid(), m.mode())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let before = snapshot(&dir);
+        emu.reset_stats();
+        for args in [vec!["rotate", "--user", "ci-bot"], vec!["resume"]] {
+            let run = emu.run(emu.keyturn().arg("--journal").arg(&db).args(&args));
+            assert_eq!(run.code, 2, "{what}: {args:?}\n{}", run.stderr);
+            for needle in needles {
+                run.assert_stderr(needle);
+            }
+            assert!(run.stdout.is_empty(), "{what}");
+        }
+        assert_eq!(snapshot(&dir), before, "{what}: files unchanged");
+        assert_eq!(
+            emu.stats()["by_action"]["iam:CreateAccessKey"]
+                .as_u64()
+                .unwrap_or(0),
+            0,
+            "{what}"
+        );
+        assert_eq!(emu.keys("ci-bot"), [(k1.id.clone(), "Active".to_string())]);
+    };
+    let chmod =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    case(
+        "a journal directory anyone can write",
+        &|db| chmod(db.parent().unwrap(), 0o777),
+        &["can be written by group or others", "chmod go-w"],
+    );
+    case(
+        "a database anyone can write",
+        &|db| {
+            std::fs::write(db, b"").unwrap();
+            chmod(db, 0o666);
+        },
+        &["journal.sqlite", "chmod go-w"],
+    );
+    case(
+        "a key file others can read",
+        &|db| {
+            let key = with_suffix(db, ".key");
+            std::fs::write(&key, [7u8; 32]).unwrap();
+            chmod(&key, 0o644);
+        },
+        &["journal.sqlite.key", "readable by group or others"],
+    );
+    if !root {
+        eprintln!("note: not root, so the files-owned-by-another-user cases cannot be set up here (unit tests cover the rule)");
+        return;
+    }
+    let plant = |p: &Path, bytes: &[u8]| {
+        std::fs::write(p, bytes).unwrap();
+        chmod(p, 0o600);
+        std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+    };
+    case(
+        "the attack: an empty database and an all-zero key file planted by uid 65534",
+        &|db| {
+            plant(db, b"");
+            plant(&with_suffix(db, ".key"), &[0u8; 32]);
+        },
+        &["journal.sqlite", "owned by uid 65534", "chown"],
+    );
+    case(
+        "an all-zero key file planted by uid 65534",
+        &|db| plant(&with_suffix(db, ".key"), &[0u8; 32]),
+        &["journal.sqlite.key", "owned by uid 65534"],
+    );
+    case(
+        "a -wal file planted by uid 65534",
+        &|db| plant(&with_suffix(db, "-wal"), b""),
+        &["journal.sqlite-wal", "owned by uid 65534"],
+    );
+    case(
+        "a journal directory owned by uid 65534",
+        &|db| std::os::unix::fs::chown(db.parent().unwrap(), Some(NOBODY), Some(NOBODY)).unwrap(),
+        &["owned by uid 65534"],
+    );
+}
+
+/// Issue 17 #15: a valid journal that cannot be written (read-only mount or file) is
+/// reported as read-only, not as corrupt; `history` reads it.
+#[test]
+fn read_only_journal_is_reported_read_only_and_history_reads_it() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    emu.create_key("ci-bot");
+    let dir = emu.dir.path().join("ro");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = dir.join("journal.sqlite");
+    let journal = |cmd: &mut std::process::Command| {
+        cmd.arg("--journal").arg(&db);
+    };
+    let mut cmd = emu.keyturn();
+    journal(&mut cmd);
+    emu.run(cmd.args(["rotate", "--user", "ci-bot"]))
+        .assert_code(0);
+    let before = std::fs::read(&db).unwrap();
+    let check = |what: &str, as_user: Option<u32>| {
+        let with_user = |cmd: &mut std::process::Command| {
+            if let Some(u) = as_user {
+                cmd.uid(u).gid(u);
+            }
+        };
+        let mut cmd = emu.keyturn();
+        journal(&mut cmd);
+        with_user(&mut cmd);
+        let run = emu.run(cmd.args(["rotate", "--user", "ci-bot"]));
+        assert_eq!(run.code, 1, "{what}:\n{}", run.stderr);
+        run.assert_stderr("read-only");
+        run.assert_stderr("keyturn history");
+        assert_not_called_corrupt(&run);
+        let mut cmd = emu.keyturn();
+        journal(&mut cmd);
+        with_user(&mut cmd);
+        let h = emu.run(cmd.args(["history", "--output", "json"]));
+        assert_eq!(h.code, 0, "{what}:\n{}", h.stderr);
+        let v = h.json();
+        assert_eq!(v["Runs"].as_array().unwrap().len(), 1, "{what}");
+        assert_eq!(v["Runs"][0]["Status"], "succeeded");
+        assert_eq!(std::fs::read(&db).unwrap(), before, "{what}");
+    };
+
+    // A read-only file: as a user who is not root (root may write any file).
+    if my_uid() == 0 {
+        // Let uid 65534 reach the journal: the scratch dir and the journal stay root's.
+        std::fs::set_permissions(emu.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // uid 65534 may read the database, not write it (its key file stays 0600).
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        check("a read-only file (as uid 65534)", Some(NOBODY));
+    } else {
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+        check("a read-only file", None);
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    // A read-only mount, where this process may mount.
+    match Mount::new(&["--bind", "-o", "ro", dir.to_str().unwrap()], &dir) {
+        Some(_m) => check("a read-only bind mount", None),
+        None => eprintln!("note: cannot bind-mount here; the read-only mount case did not run"),
+    }
 }

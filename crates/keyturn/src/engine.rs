@@ -206,6 +206,11 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
     /// Run the plan's steps from `p.next`. On `Err`, `p.new_key` is `Some` only if the
     /// new key survives (some sink may hold it); otherwise it was deleted again.
     pub async fn execute(&self, meta: &RunMeta, p: &mut Progress) -> Result<()> {
+        let r = self.execute_steps(meta, p).await;
+        r.map_err(|e| e.with_journal_context(|| aws_state(meta, p)))
+    }
+
+    async fn execute_steps(&self, meta: &RunMeta, p: &mut Progress) -> Result<()> {
         let steps = &meta.plan.steps;
         while p.next < steps.len() {
             let idx = p.next;
@@ -317,6 +322,12 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
                         Error::Runtime("resume of create-key without its journaled time".into())
                     })?;
                     self.delete_orphans(meta, p, window).await?;
+                }
+                // The journal must be able to take the secret before the key exists (a
+                // full disk fails here, not after IAM made a key). The intent of
+                // create-key reserves the room; a resumed step wrote no intent now.
+                if redo {
+                    self.journal.reserve_secret(&meta.run_id, idx).await?;
                 }
                 let key = self.create_key(meta, p).await?;
                 failpoint::hit("create-key:call");
@@ -692,6 +703,47 @@ impl<'a, A: KeyApi, J: Journal> Engine<'a, A, J> {
                 source: Box::new(other),
                 cleanup: msg,
             },
+        }
+    }
+}
+
+/// What AWS holds for a run that stopped at `p`, and what to do: the message of a
+/// journal failure (the journal itself may not be able to say it any more).
+pub fn aws_state(meta: &RunMeta, p: &Progress) -> String {
+    let resume = format!(
+        "once the journal can be written again (free space, a writable disk), `keyturn resume {}` finishes the run",
+        meta.run_id
+    );
+    let retired: Vec<&str> = meta.plan.steps[..p.next.min(meta.plan.steps.len())]
+        .iter()
+        .filter(|s| matches!(s, Step::DeactivateOldKey { .. } | Step::DeleteOldKey { .. }))
+        .filter_map(Step::key_id)
+        .collect();
+    let old = if retired.is_empty() {
+        "old keys are untouched".to_string()
+    } else {
+        format!("old keys retired so far: {}", retired.join(", "))
+    };
+    match p.new_key_id() {
+        None => format!("AWS holds no new key for this run; {old}; {resume}"),
+        Some(id) => {
+            let have: Vec<&str> = p
+                .sinks
+                .iter()
+                .filter(|s| s.delivered)
+                .map(|s| s.name.as_str())
+                .collect();
+            let secret = if p.secret_erased {
+                "every sink has verified it".to_string()
+            } else if have.is_empty() {
+                "its secret is sealed in the journal and was not delivered yet".to_string()
+            } else {
+                format!(
+                    "its secret is sealed in the journal and was delivered to {}",
+                    have.join(", ")
+                )
+            };
+            format!("AWS holds the new key {id} ({secret}); {old}; {resume}")
         }
     }
 }

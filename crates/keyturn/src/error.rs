@@ -104,9 +104,16 @@ pub enum Error {
     #[error("{0}")]
     Locked(String),
 
-    /// The journal cannot be used (corrupt, foreign, or newer schema).
+    /// The journal cannot be used (corrupt, foreign, newer schema, or planted by another
+    /// user): a safety guard, nothing was changed.
     #[error("{0}")]
     Journal(String),
+
+    /// The journal could not be read or written (disk full, read-only, I/O error, the
+    /// journal service unreachable). The journal itself is intact; AWS may already hold
+    /// what the run did, which [`JournalIo::context`] says once the engine knows it.
+    #[error(transparent)]
+    JournalIo(Box<JournalIo>),
 
     /// Anything else at run time.
     #[error("{0}")]
@@ -136,6 +143,7 @@ impl Error {
             Error::Aws(_)
             | Error::VerificationFailed { .. }
             | Error::Io { .. }
+            | Error::JournalIo(_)
             | Error::Runtime(_) => exit::FAILURE,
         }
     }
@@ -153,6 +161,41 @@ impl Error {
         match self {
             Error::Aws(e) => e.summary(),
             other => other.to_string(),
+        }
+    }
+
+    /// A journal I/O failure (see [`JournalIo`]).
+    pub fn journal_io(
+        location: impl Into<String>,
+        op: impl Into<String>,
+        kind: JournalIoKind,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::JournalIo(Box::new(JournalIo {
+            location: location.into(),
+            op: op.into(),
+            kind,
+            message: message.into(),
+            context: None,
+        }))
+    }
+
+    /// A journal I/O failure with what AWS now holds and what to do; other errors as
+    /// they are.
+    pub fn with_journal_context(self, context: impl FnOnce() -> String) -> Self {
+        match self {
+            Error::JournalIo(j) if j.context.is_none() => {
+                Error::JournalIo(Box::new(j.with_context(context())))
+            }
+            other => other,
+        }
+    }
+
+    /// The journal I/O failure, if this is one.
+    pub fn as_journal_io(&self) -> Option<&JournalIo> {
+        match self {
+            Error::JournalIo(j) => Some(j),
+            _ => None,
         }
     }
 
@@ -185,7 +228,7 @@ impl Error {
 /// Delivery stopped after some sinks received the new key: both keys stay Active,
 /// the old key was not retired, and `keyturn resume RUN_ID` delivers to the rest.
 #[derive(Debug, thiserror::Error)]
-#[error("{source}. The new key {key_id} is in {}{}; {} still hold{} the old key. Both keys stay Active and no old key was retired; fix the cause and run `keyturn resume {run_id}` to deliver to the rest and retire the old key as planned", list_or(.holding_new, "no sink yet"), .uncertain.as_ref().map(|s| format!("; {s} failed part-way and may hold it")).unwrap_or_default(), list_or(.holding_old, "no sink"), if .holding_old.len() == 1 { "s" } else { "" })]
+#[error("{source}. The new key {key_id} is in {}{}; {} still hold{} the old key. Both keys stay Active and no old key was retired; fix the cause and run `keyturn resume {run_id}` to deliver to the rest and retire the old key as planned", list_or(.holding_new, "no sink yet"), .uncertain.as_ref().map(|s| format!("; {s} failed part-way and may hold it")).unwrap_or_default(), list_or(.holding_old, "no sink"), if .holding_old.len() <= 1 { "s" } else { "" })]
 pub struct PartialDelivery {
     pub run_id: String,
     pub key_id: String,
@@ -224,6 +267,75 @@ fn list_or(v: &[String], none: &str) -> String {
         v.join(", ")
     }
 }
+
+/// What kind of journal I/O failure happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalIoKind {
+    /// No space left (SQLite `SQLITE_FULL`, `ENOSPC`, a file-size limit).
+    Full,
+    /// The file or its file system is read-only.
+    ReadOnly,
+    /// Any other I/O error (`SQLITE_IOERR`, cannot open).
+    Io,
+    /// Another process kept the journal busy past the wait.
+    Busy,
+    /// A networked journal (DynamoDB, KMS) could not be reached or refused the call.
+    Unavailable,
+}
+
+impl JournalIoKind {
+    /// What to do about it, when the engine has nothing more specific to say.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            JournalIoKind::Full => "free space on that file system (or move the journal with --journal), then run `keyturn resume`",
+            JournalIoKind::ReadOnly => "make the journal writable (remount read-write, fix the file mode) or choose another with --journal; `keyturn history` can still read it",
+            JournalIoKind::Io => "check the disk and the file system (dmesg), then run `keyturn resume`",
+            JournalIoKind::Busy => "another keyturn process is writing the journal; retry, then run `keyturn resume`",
+            JournalIoKind::Unavailable => "check access to the journal table and its KMS key (network, permissions, throttling), then run `keyturn resume`",
+        }
+    }
+}
+
+/// A journal I/O failure, with enough structure for callers to add what AWS now holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalIo {
+    /// The journal file (or `dynamodb:TABLE`).
+    pub location: String,
+    /// What keyturn was doing (`recording the new key`, `opening`, ...).
+    pub op: String,
+    pub kind: JournalIoKind,
+    /// The cause as the journal backend reported it.
+    pub message: String,
+    /// What AWS now holds and what to do, set by the engine (replaces the advice).
+    pub context: Option<String>,
+}
+
+impl JournalIo {
+    /// The same failure with what AWS now holds and what to do (shown instead of the
+    /// generic advice).
+    pub fn with_context(mut self, context: impl Into<String>) -> Self {
+        self.context = Some(context.into());
+        self
+    }
+}
+
+impl fmt::Display for JournalIo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "journal {}: {} failed: {}; ",
+            self.location,
+            self.op,
+            self.message.trim_end_matches('.')
+        )?;
+        match &self.context {
+            Some(c) => f.write_str(c),
+            None => f.write_str(self.kind.advice()),
+        }
+    }
+}
+
+impl std::error::Error for JournalIo {}
 
 /// The AWS failures users hit, each with advice.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -500,6 +612,33 @@ mod tests {
             &service_error("ServiceFailure", "boom"),
         );
         assert_eq!(other.kind, AwsErrorKind::Other("ServiceFailure".into()));
+    }
+
+    #[test]
+    fn journal_io_errors_exit_1_and_carry_context() {
+        let e = Error::journal_io(
+            "/j.sqlite",
+            "recording the new key",
+            JournalIoKind::Full,
+            "database or disk is full",
+        );
+        assert_eq!(e.exit_code(), exit::FAILURE);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "journal /j.sqlite: recording the new key failed: database or disk is full; {}",
+                JournalIoKind::Full.advice()
+            )
+        );
+        let io = e.as_journal_io().unwrap().clone();
+        assert_eq!(io.kind, JournalIoKind::Full);
+        let with = Error::JournalIo(Box::new(io.with_context(
+            "IAM now holds the new key AKIA...; `keyturn resume RUN` finishes the run",
+        )));
+        assert!(with
+            .to_string()
+            .ends_with("`keyturn resume RUN` finishes the run"));
+        assert_eq!(Error::Journal("corrupt".into()).exit_code(), exit::GUARD);
     }
 
     #[test]

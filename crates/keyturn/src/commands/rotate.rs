@@ -450,9 +450,12 @@ pub async fn finish_run<J: Journal>(
         &progress,
         result.as_ref().err().map(|e| e.to_string()),
     );
+    let state = crate::engine::aws_state(meta, &progress);
     let status = match &result {
         Ok(()) => RunStatus::Succeeded,
         Err(Error::PartialDelivery(_)) => RunStatus::Incomplete,
+        // The journal failed mid-run while a new key exists: resume finishes it.
+        Err(Error::JournalIo(_)) if progress.new_key_id().is_some() => RunStatus::Incomplete,
         Err(_) if progress.cleanup_pending => RunStatus::Incomplete,
         Err(_) if progress.new_key.is_some() => RunStatus::FailedAfterDelivery,
         Err(_) => RunStatus::Failed,
@@ -475,7 +478,10 @@ pub async fn finish_run<J: Journal>(
     }
     match result {
         Ok(()) => {
-            journal.finish(&meta.run_id, status, None).await?;
+            journal
+                .finish(&meta.run_id, status, None)
+                .await
+                .map_err(|e| e.with_journal_context(|| state.clone()))?;
             if let Some(k) = &progress.new_key {
                 let to: Vec<&str> = meta.sinks.iter().map(|s| s.name()).collect();
                 printer.status(&format!(
@@ -491,7 +497,8 @@ pub async fn finish_run<J: Journal>(
         Err(e) => {
             journal
                 .finish(&meta.run_id, status, Some(&e.to_string()))
-                .await?;
+                .await
+                .map_err(|je| je.with_journal_context(|| state.clone()))?;
             Err(e)
         }
     }

@@ -9,7 +9,13 @@
 //!
 //! Secrets are sealed by [`seal::Sealer`] (AES-256-GCM with a local key file, or a KMS
 //! data key) before they are written, and erased once every output has the key.
+//!
+//! Failures keep their class: [`crate::Error::JournalIo`] (exit 1) when the journal
+//! cannot be read or written (disk full, read-only, I/O error), [`crate::Error::Journal`]
+//! (exit 2) when the file is not a usable keyturn journal (corrupt, foreign, newer, or
+//! planted by another user, see [`perms`]).
 
+mod perms;
 pub mod process;
 pub mod seal;
 pub mod sqlite;
@@ -97,8 +103,8 @@ pub enum RunStatus {
     Failed,
     /// Failed after the new key was delivered (the new key is in use).
     FailedAfterDelivery,
-    /// Stopped with work left (a partial delivery, an unfinished clean-up); keeps the
-    /// user's lock, and `keyturn resume` finishes it.
+    /// Stopped with work left (a partial delivery, an unfinished compensation). It keeps
+    /// the user's lock like an interrupted run; `keyturn resume RUN_ID` finishes it.
     Incomplete,
     RolledBack,
 }
@@ -259,7 +265,8 @@ pub trait Journal: Send + Sync {
     fn take_over(&self, run_id: &str) -> impl Future<Output = Result<()>> + Send;
     /// Record a new run (its lock is held).
     fn begin(&self, meta: &RunMeta) -> impl Future<Output = Result<()>> + Send;
-    /// About to perform step `idx`.
+    /// About to perform step `idx`. For `create-key` this also reserves room for the
+    /// new secret (see [`Journal::reserve_secret`]) in the same durable write.
     fn intent(
         &self,
         run_id: &str,
@@ -275,6 +282,13 @@ pub trait Journal: Send + Sync {
         ok: bool,
         detail: &str,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Make sure the journal can take run `run_id`'s new secret before
+    /// `CreateAccessKey` is called (step `idx`): the record is preallocated at its final
+    /// size, the sealing key is at hand (local key file created, or a KMS data key
+    /// fetched), so that a journal that is full or unreachable fails now, before the key
+    /// exists, and [`Journal::key_created`] needs no new space and no KMS call.
+    /// Idempotent; `intent` of a `create-key` step already does it.
+    fn reserve_secret(&self, run_id: &str, idx: usize) -> impl Future<Output = Result<()>> + Send;
     /// `create-key` finished: record the new key id and its secret, encrypted, in one
     /// durable write.
     fn key_created(
@@ -286,7 +300,7 @@ pub trait Journal: Send + Sync {
     /// Every sink has verified the new key (or it was deleted again): erase the
     /// sealed secret from the journal.
     fn delivered(&self, run_id: &str) -> impl Future<Output = Result<()>> + Send;
-    /// The run ended; release the lock.
+    /// The run ended; release the lock. An [`RunStatus::Incomplete`] run keeps it.
     fn finish(
         &self,
         run_id: &str,
@@ -332,6 +346,9 @@ impl Journal for NullJournal {
     async fn done(&self, _: &str, _: usize, _: &Step, _: bool, _: &str) -> Result<()> {
         Ok(())
     }
+    async fn reserve_secret(&self, _: &str, _: usize) -> Result<()> {
+        Ok(())
+    }
     async fn key_created(&self, _: &str, _: usize, _: &NewKey) -> Result<()> {
         Ok(())
     }
@@ -355,25 +372,34 @@ impl Journal for NullJournal {
     }
 }
 
-/// A new run id: UTC start time plus random bits, sortable and readable
-/// (`20261121T231200Z-9f3a1c`).
+/// A new run id: the UTC start time to the millisecond, then 64 random bits from the
+/// OS (`20261121T231200.123Z-9f3a1c2b4d5e6f70`). Ids sort by start time and are
+/// readable; thousands started in the same millisecond on many hosts do not collide
+/// (the chance of any collision among a billion ids in one millisecond is below 3%).
 pub fn new_run_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let now = OffsetDateTime::now_utc();
-    // RandomState is seeded from the OS per process; mixing in the time and pid makes
-    // ids unique across processes without a random-number crate.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(now.unix_timestamp_nanos() as u128);
-    h.write_u32(std::process::id());
+    run_id_at(OffsetDateTime::now_utc())
+}
+
+fn run_id_at(t: OffsetDateTime) -> String {
+    let mut r = [0u8; 8];
+    if getrandom::fill(&mut r).is_err() {
+        // No OS random source: fall back to a per-process seeded hash, time and pid.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(t.unix_timestamp_nanos() as u128);
+        h.write_u32(std::process::id());
+        r = h.finish().to_be_bytes();
+    }
     format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{:06x}",
-        now.year(),
-        now.month() as u8,
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        h.finish() & 0xff_ffff
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z-{:016x}",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond(),
+        u64::from_be_bytes(r)
     )
 }
 
@@ -386,15 +412,64 @@ pub struct JournalSettings {
 }
 
 impl JournalSettings {
-    /// Open the SQLite journal; KMS calls (if any) go through `remote`.
+    /// Open the SQLite journal for writing; KMS calls (if any) go through `remote`.
     pub async fn open(&self, remote: &RemoteConfig) -> Result<sqlite::SqliteJournal> {
-        let sealer = match &self.kms_key {
+        sqlite::SqliteJournal::open(&self.path, self.sealer(remote).await).await
+    }
+
+    /// Open the journal for reading only (`history`): works on a read-only file or
+    /// mount and on a full disk, and creates nothing.
+    pub async fn open_read_only(&self, remote: &RemoteConfig) -> Result<sqlite::SqliteJournal> {
+        sqlite::SqliteJournal::open_read_only(&self.path, self.sealer(remote).await).await
+    }
+
+    async fn sealer(&self, remote: &RemoteConfig) -> seal::Sealer {
+        match &self.kms_key {
             Some(key_id) => seal::Sealer::Kms {
                 client: aws_sdk_kms::Client::new(&remote.load().await),
                 key_id: key_id.clone(),
             },
             None => seal::Sealer::local_for(&self.path),
-        };
-        sqlite::SqliteJournal::open(&self.path, sealer)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_readable_sortable_and_unique() {
+        let t = time::macros::datetime!(2026-11-21 23:12:00.123 UTC);
+        let id = run_id_at(t);
+        assert!(id.starts_with("20261121T231200.123Z-"), "{id}");
+        assert_eq!(id.len(), "20261121T231200.123Z-".len() + 16);
+        // Ids started at one instant still differ; later ids sort after earlier ones.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100_000 {
+            assert!(seen.insert(run_id_at(t)), "duplicate run id");
+        }
+        let later = run_id_at(t + time::Duration::milliseconds(1));
+        assert!(seen.iter().all(|a| a.as_str() < later.as_str()));
+        assert!(new_run_id() > id);
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in [
+            RunStatus::Running,
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+            RunStatus::FailedAfterDelivery,
+            RunStatus::Incomplete,
+            RunStatus::RolledBack,
+        ] {
+            assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
+        }
+        assert_eq!(RunStatus::Incomplete.as_str(), "incomplete");
     }
 }

@@ -3,28 +3,39 @@
 //! migrated forward, marked with its own `application_id` so a foreign or corrupt file
 //! is refused (exit 2) and never overwritten.
 //!
-//! SQLite calls are short local writes made while holding a mutex; they block the
-//! async executor for well under a millisecond each, which is fine for a CLI.
+//! The connection lives on a dedicated journal thread: every call is sent there and
+//! awaited, so no SQLite call (each an fsync) ever blocks an async executor thread,
+//! and a fleet run's many tasks share one connection in order.
+//!
+//! Failures are classified: a full disk, a read-only file or an I/O error is
+//! [`Error::JournalIo`] (exit 1: the journal is intact, retry or resume later); a file
+//! that is not a keyturn journal, is damaged or is planted by another user is
+//! [`Error::Journal`] (exit 2). Files are checked before SQLite opens them (see
+//! [`super::perms`]) and created 0600.
 
-use super::process::ProcessId;
-use super::seal::{Sealed, Sealer};
+use super::perms::{self, with_suffix};
+use super::seal::{self, DataKey, Sealed, Sealer};
 use super::{Journal, RunMeta, RunRecord, RunStatus, StepPhase, StepRecord};
 use crate::aws::NewKey;
-use crate::error::{Error, Result};
+use crate::error::{Error, JournalIoKind, Result};
 use crate::plan::Step;
 use crate::secret::SecretKey;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use std::os::unix::fs::PermissionsExt;
+use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+use super::process::ProcessId;
 
 /// "KTRN": marks a keyturn journal.
 pub const APPLICATION_ID: i32 = 0x4b54_524e;
 
 /// Schema migrations; entry `n` takes `user_version` from `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     run_id          TEXT PRIMARY KEY,
     account         TEXT NOT NULL,
@@ -62,15 +73,44 @@ CREATE TABLE locks (
     since     TEXT NOT NULL,
     PRIMARY KEY (account, user_name)
 );
-"#];
+"#,
+    // 2: room for the new key's sealed secret, reserved before CreateAccessKey.
+    r#"
+ALTER TABLE runs ADD COLUMN reserved BLOB;
+CREATE TABLE pad (b BLOB);
+"#,
+];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// Bytes held in a run's row until its key is created: more than the sealed secret,
+/// key id, dates, scheme and a KMS-wrapped data key take, so recording the key only
+/// shrinks the row.
+const RESERVED_ROW_BYTES: i64 = 1024;
+/// Bytes written and freed again when reserving, so the WAL file and the database's
+/// free list have room for the rest of the run without growing either file.
+const RESERVED_PAD_BYTES: i64 = 128 * 1024;
+
+/// How the journal is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// rotate, resume, rollback: creates the journal if absent.
+    ReadWrite,
+    /// history: never writes, works on a read-only file or mount and on a full disk;
+    /// an absent journal reads as empty.
+    ReadOnly,
+}
+
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
 pub struct SqliteJournal {
-    conn: Mutex<Connection>,
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
     sealer: Sealer,
     me: ProcessId,
+    /// Data keys fetched by `reserve_secret`, by run id.
+    reserved: Mutex<HashMap<String, DataKey>>,
 }
 
 impl std::fmt::Debug for SqliteJournal {
@@ -79,18 +119,89 @@ impl std::fmt::Debug for SqliteJournal {
     }
 }
 
+impl Drop for SqliteJournal {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread, which closes the connection (SQLite
+        // then checkpoints and removes -wal/-shm).
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn now() -> String {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .expect("format time")
+    fmt_time(OffsetDateTime::now_utc())
+}
+
+fn fmt_time(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).expect("format time")
 }
 
 fn parse_time(s: &str) -> OffsetDateTime {
     OffsetDateTime::parse(s, &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-fn db(path: &Path, e: rusqlite::Error) -> Error {
-    Error::Journal(format!("journal {}: {e}", path.display()))
+/// Classify an SQLite failure while `op` on the journal at `path`.
+pub(crate) fn classify(path: &Path, op: &str, e: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode as C;
+    let loc = path.display().to_string();
+    if let rusqlite::Error::SqliteFailure(f, msg) = &e {
+        let text = match msg {
+            Some(m) => m.clone(),
+            None => f.to_string(),
+        };
+        let kind = match f.code {
+            C::DiskFull => Some(JournalIoKind::Full),
+            C::ReadOnly => Some(JournalIoKind::ReadOnly),
+            C::SystemIoFailure
+            | C::CannotOpen
+            | C::PermissionDenied
+            | C::NoLargeFileSupport
+            | C::OutOfMemory
+            | C::FileLockingProtocolFailed => Some(JournalIoKind::Io),
+            C::DatabaseBusy | C::DatabaseLocked => Some(JournalIoKind::Busy),
+            _ => None,
+        };
+        if let Some(mut kind) = kind {
+            let mut detail = format!("{text} (SQLite error {})", f.extended_code);
+            if matches!(kind, JournalIoKind::Full | JournalIoKind::Io) {
+                let hint = perms::space_hint(&perms::dir_of(path));
+                if !hint.is_empty() {
+                    kind = JournalIoKind::Full;
+                }
+                detail.push_str(&hint);
+            }
+            if kind == JournalIoKind::ReadOnly && !detail.contains("read-only") {
+                detail = format!("the journal is read-only: {detail}");
+            }
+            return Error::journal_io(loc, op, kind, detail);
+        }
+        match f.code {
+            C::ConstraintViolation => {
+                return Error::Locked(format!(
+                    "journal {loc}: {op} conflicts with another writer ({text}); retry"
+                ))
+            }
+            C::DatabaseCorrupt | C::NotADatabase => {
+                return Error::Journal(format!(
+                    "journal {loc} is damaged ({text}) while {op}; keyturn did not change it; `keyturn history` shows what it can still read"
+                ))
+            }
+            _ => {}
+        }
+    }
+    Error::Journal(format!("journal {loc}: {op}: {e}"))
+}
+
+/// `SQLITE_FULL`, as injected by the `journal-full-after:N` failpoint.
+fn injected_full(n: u64) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+        Some(format!(
+            "database or disk is full (failpoint journal-full-after:{n})"
+        )),
+    )
 }
 
 /// `$XDG_STATE_HOME/keyturn/journal.sqlite`, else `~/.local/state/keyturn/journal.sqlite`.
@@ -107,51 +218,94 @@ pub fn default_path() -> PathBuf {
     base.join("keyturn/journal.sqlite")
 }
 
-impl SqliteJournal {
-    /// Open (creating if absent) the journal at `path`. A file that is not a keyturn
-    /// journal, or one from a newer keyturn, is refused without being modified.
-    pub fn open(path: &Path, sealer: Sealer) -> Result<Self> {
-        let existing = std::fs::metadata(path)
-            .map(|m| m.len() > 0)
-            .unwrap_or(false);
-        if !existing {
-            if let Some(dir) = path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-            {
-                // Only a directory keyturn creates is made private; an existing one
-                // (say /tmp with --journal /tmp/j.sqlite) is left as it is.
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+/// The journal thread's state.
+struct Worker {
+    conn: Connection,
+    path: PathBuf,
+    key_file: Option<PathBuf>,
+    local_key: Option<DataKey>,
+    /// Journal writes so far (for the `journal-full-after:N` failpoint).
+    writes: u64,
+    full_after: Option<u64>,
+}
+
+impl Worker {
+    fn open(path: &Path, access: Access, key_file: Option<PathBuf>) -> Result<Worker> {
+        let rw = access == Access::ReadWrite;
+        let dir = perms::dir_of(path);
+        match std::fs::metadata(&dir) {
+            Ok(m) => {
+                if let Some(p) = perms::problem(&dir, perms::Facts::of(&m), perms::euid(), false) {
+                    return Err(perms::refuse(p));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && rw => {
+                // A directory keyturn creates is private; an existing one is only
+                // checked (above), never changed.
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(|e| perms::io_error(&dir, "creating the journal directory", &e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Worker::empty(path, key_file);
+            }
+            Err(e) => return Err(perms::io_error(&dir, "opening the journal directory", &e)),
+        }
+        let exists = perms::check_existing(path, false)?;
+        for suffix in ["-wal", "-shm"] {
+            perms::check_existing(&with_suffix(path, suffix), false)?;
+        }
+        if let Some(k) = &key_file {
+            perms::check_existing(k, true)?;
+        }
+        if !exists && !rw {
+            return Worker::empty(path, key_file);
+        }
+        if rw {
+            if let Some(why) = read_only_reason(&dir, path, exists) {
+                return Err(Error::journal_io(
+                    path.display().to_string(),
+                    "opening the journal for writing",
+                    JournalIoKind::ReadOnly,
+                    why,
+                ));
             }
         }
-        let flags = if existing {
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        } else {
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        };
+        let _umask = perms::UmaskGuard::private();
+        if rw {
+            prepare_file(path, exists)?;
+        }
         let refuse = |what: String| {
             Error::Journal(format!(
                 "{} {what}. keyturn did not change it; move it aside or choose another file with --journal",
                 path.display()
             ))
         };
-        let conn = Connection::open_with_flags(path, flags)
-            .map_err(|e| refuse(format!("cannot be opened as a journal ({e})")))?;
+        let op = "opening";
+        let not_ours = |e: rusqlite::Error| {
+            let text = e.to_string();
+            match classify(path, op, e) {
+                Error::Journal(_) => refuse(format!(
+                    "is not a keyturn journal: {text} (corrupt, or not SQLite)"
+                )),
+                other => other,
+            }
+        };
+        let conn = match access {
+            Access::ReadWrite => Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ),
+            Access::ReadOnly => open_read_only(path),
+        }
+        .map_err(not_ours)?;
         // Read-only checks first: nothing is written to a file that is not ours.
         let probe = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
-        let app_id = probe("PRAGMA application_id").map_err(|e| {
-            refuse(format!(
-                "is not a keyturn journal: {e} (corrupt, or not SQLite)"
-            ))
-        })?;
-        let version =
-            probe("PRAGMA user_version").map_err(|e| refuse(format!("is unreadable: {e}")))?;
-        let tables = probe("SELECT count(*) FROM sqlite_master")
-            .map_err(|e| refuse(format!("is unreadable: {e}")))?;
+        let app_id = probe("PRAGMA application_id").map_err(not_ours)?;
+        let version = probe("PRAGMA user_version").map_err(not_ours)?;
+        let tables = probe("SELECT count(*) FROM sqlite_master").map_err(not_ours)?;
         let fresh = app_id == 0 && version == 0 && tables == 0;
         if !fresh && app_id != APPLICATION_ID as i64 {
             return Err(refuse(format!(
@@ -163,228 +317,380 @@ impl SqliteJournal {
                 "was written by a newer keyturn (schema {version}, this keyturn knows {SCHEMA_VERSION}); upgrade keyturn"
             )));
         }
-        let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
-        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
-            .map_err(|e| db(path, e))?;
-        conn.execute_batch(
-            "PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON;",
-        )
-        .map_err(|e| db(path, e))?;
-        let mut conn = conn;
-        for v in version..SCHEMA_VERSION {
-            let tx = conn
+        let mut w = Worker {
+            conn,
+            path: path.to_path_buf(),
+            key_file,
+            local_key: None,
+            writes: 0,
+            full_after: crate::failpoint::arg("journal-full-after").and_then(|n| n.parse().ok()),
+        };
+        if !rw {
+            if fresh {
+                return Worker::empty(path, w.key_file.take());
+            }
+            return Ok(w);
+        }
+        if w.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            return Err(Error::journal_io(
+                path.display().to_string(),
+                "opening the journal for writing",
+                JournalIoKind::ReadOnly,
+                "the journal is read-only (SQLite could open it for reading only)",
+            ));
+        }
+        let _ = w.conn.busy_timeout(std::time::Duration::from_secs(5));
+        w.conn
+            .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .map_err(|e| classify(path, op, e))?;
+        w.conn
+            .execute_batch(
+                "PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON;",
+            )
+            .map_err(|e| classify(path, op, e))?;
+        w.migrate(version)?;
+        Ok(w)
+    }
+
+    /// A journal with no runs (read-only access to a journal that does not exist).
+    fn empty(path: &Path, key_file: Option<PathBuf>) -> Result<Worker> {
+        let conn = Connection::open_in_memory().map_err(|e| classify(path, "opening", e))?;
+        let mut w = Worker {
+            conn,
+            path: path.to_path_buf(),
+            key_file,
+            local_key: None,
+            writes: 0,
+            full_after: None,
+        };
+        w.migrate(0)?;
+        Ok(w)
+    }
+
+    fn migrate(&mut self, from: i64) -> Result<()> {
+        let path = self.path.clone();
+        let op = "migrating the journal schema";
+        for v in from..SCHEMA_VERSION {
+            let tx = self
+                .conn
                 .transaction_with_behavior(TransactionBehavior::Exclusive)
-                .map_err(|e| db(path, e))?;
+                .map_err(|e| classify(&path, op, e))?;
             tx.execute_batch(MIGRATIONS[v as usize])
-                .map_err(|e| db(path, e))?;
+                .map_err(|e| classify(&path, op, e))?;
             tx.execute_batch(&format!(
                 "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {};",
                 v + 1
             ))
-            .map_err(|e| db(path, e))?;
-            tx.commit().map_err(|e| db(path, e))?;
+            .map_err(|e| classify(&path, op, e))?;
+            tx.commit().map_err(|e| classify(&path, op, e))?;
         }
-        if !existing {
+        Ok(())
+    }
+
+    /// A journal write: counted for the `journal-full-after:N` failpoint, classified.
+    fn write<T>(
+        &mut self,
+        op: &str,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        self.writes += 1;
+        if let Some(n) = self.full_after.filter(|n| self.writes > *n) {
+            return Err(classify(&self.path, op, injected_full(n)));
+        }
+        f(&mut self.conn).map_err(|e| classify(&self.path, op, e))
+    }
+
+    fn read<T>(
+        &mut self,
+        op: &str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        f(&self.conn).map_err(|e| classify(&self.path, op, e))
+    }
+
+    /// The local sealing key (created on first use when `create`).
+    fn local_key(&mut self, create: bool) -> Result<DataKey> {
+        if let Some(k) = &self.local_key {
+            return Ok(k.clone());
+        }
+        let file = self
+            .key_file
+            .clone()
+            .ok_or_else(|| Error::Runtime("this journal seals with KMS".into()))?;
+        let k = seal::local_key(&file, create)?;
+        self.local_key = Some(k.clone());
+        Ok(k)
+    }
+
+    /// Make sure recording run `run_id`'s new key later needs no new space: the row
+    /// holds [`RESERVED_ROW_BYTES`], and a padding row of [`RESERVED_PAD_BYTES`] is
+    /// written and freed again (the WAL keeps its size and the database keeps the
+    /// freed pages); then a RESTART checkpoint makes the next writes reuse the WAL
+    /// from its start. Part of the same write as the create-key intent, when given.
+    fn reserve(&mut self, run_id: &str, intent: Option<(usize, &Step)>) -> Result<()> {
+        if self.key_file.is_some() {
+            self.local_key(true)?;
+        }
+        let op = "reserving room for the new key's secret";
+        self.write(op, |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some((idx, step)) = intent {
+                insert_step(
+                    &tx,
+                    run_id,
+                    Some(idx),
+                    step.name(),
+                    step.key_id(),
+                    StepPhase::Intent,
+                    step.reason(),
+                )?;
+            }
+            tx.execute(
+                "UPDATE runs SET reserved = zeroblob(?2) WHERE run_id = ?1",
+                params![run_id, RESERVED_ROW_BYTES],
+            )?;
+            tx.execute(
+                "INSERT INTO pad (b) VALUES (zeroblob(?1))",
+                [RESERVED_PAD_BYTES],
+            )?;
+            tx.commit()
+        })?;
+        self.conn
+            .execute("DELETE FROM pad", [])
+            .map_err(|e| classify(&self.path, op, e))?;
+        // Busy readers only make the checkpoint partial; the room is still there.
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+        #[cfg(feature = "failpoints")]
+        if crate::failpoint::arg("journal-full-after-reserve").is_some() {
+            self.freeze_size();
+        }
+        Ok(())
+    }
+
+    /// Failpoint `journal-full-after-reserve`: from now on no file of this process may
+    /// grow past the journal's current WAL size, as if the disk had filled up.
+    #[cfg(feature = "failpoints")]
+    fn freeze_size(&self) {
+        let wal = std::fs::metadata(with_suffix(&self.path, "-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        // SAFETY: plain libc calls; SIGXFSZ is ignored so writes fail with EFBIG.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: wal,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+        }
+        eprintln!(
+            "keyturn: failpoint journal-full-after-reserve: files may not grow past {wal} bytes"
+        );
+    }
+}
+
+/// Why the journal cannot be opened for writing, if it cannot.
+fn read_only_reason(dir: &Path, db: &Path, exists: bool) -> Option<String> {
+    if perms::read_only_fs(dir) {
+        return Some(format!(
+            "the journal is read-only: {} is on a read-only file system",
+            dir.display()
+        ));
+    }
+    let files: Vec<PathBuf> = if exists {
+        std::iter::once(db.to_path_buf())
+            .chain(["-wal", "-shm"].iter().map(|s| with_suffix(db, s)))
+            .filter(|p| p.exists())
+            .collect()
+    } else {
+        vec![dir.to_path_buf()]
+    };
+    files.into_iter().find(|p| !perms::writable(p)).map(|p| {
+        let mode = std::fs::metadata(&p)
+            .map(|m| format!(" (mode {:04o})", m.permissions().mode() & 0o7777))
+            .unwrap_or_default();
+        format!(
+            "the journal is read-only: you may not write {}{mode}",
+            p.display()
+        )
+    })
+}
+
+/// Create the database file 0600 (so the -wal and -shm files SQLite creates, which
+/// copy its mode, are 0600 too), or tighten an existing one of ours to 0600.
+fn prepare_file(path: &Path, exists: bool) -> Result<()> {
+    if !exists {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Created meanwhile: check it like any existing file.
+                perms::check_existing(path, false)?;
+            }
+            Err(e) => return Err(perms::io_error(path, "creating the journal", &e)),
+        }
+    }
+    let meta = std::fs::metadata(path).map_err(|e| perms::io_error(path, "opening", &e))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        use std::os::unix::fs::MetadataExt;
+        if meta.uid() == perms::euid() {
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
-        Ok(Self {
-            conn: Mutex::new(conn),
-            path: path.to_path_buf(),
-            sealer,
-            me: ProcessId::current(),
-        })
     }
+    Ok(())
+}
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut c).map_err(|e| db(&self.path, e))
-    }
-
-    fn insert_step(
-        c: &Connection,
-        run_id: &str,
-        idx: Option<usize>,
-        step: &str,
-        key_id: Option<&str>,
-        phase: StepPhase,
-        detail: &str,
-    ) -> rusqlite::Result<()> {
-        let seq: i64 = c.query_row(
-            "SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = ?1",
-            [run_id],
-            |r| r.get(0),
-        )?;
-        c.execute(
-            "INSERT INTO steps (run_id, seq, idx, step, key_id, phase, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![run_id, seq, idx.map(|i| i as i64), step, key_id, phase.as_str(), detail, now()],
-        )?;
-        Ok(())
-    }
-
-    /// The lock row of (account, user): (run id, holder JSON, since).
-    fn lock_row(
-        c: &Connection,
-        account: &str,
-        user: &str,
-    ) -> rusqlite::Result<Option<(String, String, String)>> {
-        c.query_row(
-            "SELECT run_id, holder, since FROM locks WHERE account = ?1 AND user_name = ?2",
-            [account, user],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+/// Open for reading only. Reading a WAL journal needs its -shm file; where that can be
+/// neither opened nor created (a read-only directory, a full disk), the file is read as
+/// immutable, which is exact as long as there is no WAL content it would miss.
+fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    let plain = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .and_then(|c| {
+        c.query_row("PRAGMA application_id", [], |_| Ok(()))?;
+        Ok(c)
+    });
+    let err = match plain {
+        Ok(c) => return Ok(c),
+        Err(e) => e,
+    };
+    let io_class = matches!(
+        err.sqlite_error_code(),
+        Some(
+            rusqlite::ErrorCode::CannotOpen
+                | rusqlite::ErrorCode::SystemIoFailure
+                | rusqlite::ErrorCode::ReadOnly
+                | rusqlite::ErrorCode::DiskFull
         )
-        .optional()
+    );
+    let wal_empty = std::fs::metadata(with_suffix(path, "-wal")).map_or(true, |m| m.len() == 0);
+    if !(io_class && wal_empty) {
+        return Err(err);
     }
+    let mut uri = String::from("file:");
+    for ch in path.to_string_lossy().chars() {
+        match ch {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?mode=ro&immutable=1");
+    Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
 
-    /// Record an event of plan step `idx`.
-    fn plan_step(
-        &self,
-        run_id: &str,
-        idx: usize,
-        step: &Step,
-        phase: StepPhase,
-        detail: &str,
-    ) -> Result<()> {
-        self.with(|c| {
-            Self::insert_step(
-                c,
-                run_id,
-                Some(idx),
-                step.name(),
-                step.key_id(),
-                phase,
-                detail,
-            )
+fn insert_step(
+    c: &Connection,
+    run_id: &str,
+    idx: Option<usize>,
+    step: &str,
+    key_id: Option<&str>,
+    phase: StepPhase,
+    detail: &str,
+) -> rusqlite::Result<()> {
+    let seq: i64 = c.query_row(
+        "SELECT coalesce(max(seq), 0) + 1 FROM steps WHERE run_id = ?1",
+        [run_id],
+        |r| r.get(0),
+    )?;
+    c.execute(
+        "INSERT INTO steps (run_id, seq, idx, step, key_id, phase, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![run_id, seq, idx.map(|i| i as i64), step, key_id, phase.as_str(), detail, now()],
+    )?;
+    Ok(())
+}
+
+/// The lock row of (account, user): (run id, holder JSON, since).
+fn lock_row(
+    c: &Connection,
+    account: &str,
+    user: &str,
+) -> rusqlite::Result<Option<(String, String, String)>> {
+    c.query_row(
+        "SELECT run_id, holder, since FROM locks WHERE account = ?1 AND user_name = ?2",
+        [account, user],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()
+}
+
+/// Make `run_id` (held by `holder`) the owner of the (account, user) lock.
+fn put_lock(
+    c: &Connection,
+    account: &str,
+    user: &str,
+    run_id: &str,
+    holder: &str,
+) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT OR REPLACE INTO locks (account, user_name, run_id, holder, since) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![account, user, run_id, holder, now()],
+    )
+    .map(|_| ())
+}
+
+fn run_status(c: &Connection, run_id: &str) -> rusqlite::Result<Option<RunStatus>> {
+    Ok(
+        c.query_row("SELECT status FROM runs WHERE run_id = ?1", [run_id], |r| {
+            r.get::<_, String>(0)
         })
-    }
+        .optional()?
+        .map(|s| RunStatus::parse(&s).unwrap_or(RunStatus::Failed)),
+    )
+}
 
-    /// Make `run_id` (held by `holder`) the owner of the (account, user) lock.
-    fn put_lock(
-        c: &Connection,
-        account: &str,
-        user: &str,
-        run_id: &str,
-        holder: &str,
-    ) -> rusqlite::Result<()> {
-        c.execute(
-            "INSERT OR REPLACE INTO locks (account, user_name, run_id, holder, since) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![account, user, run_id, holder, now()],
-        )
-        .map(|_| ())
+/// Decide whether the lock row (run, holder, since) blocks a new run.
+fn check_holder(
+    c: &Connection,
+    account: &str,
+    user: &str,
+    held_by: &str,
+    holder: &str,
+    since: &str,
+) -> rusqlite::Result<std::result::Result<(), String>> {
+    let holder: ProcessId = serde_json::from_str(holder).unwrap_or(ProcessId {
+        pid: 0,
+        host: "unknown".into(),
+        start: None,
+    });
+    let status = run_status(c, held_by)?;
+    if status == Some(RunStatus::Incomplete) {
+        return Ok(Err(format!(
+            "run {held_by} of user {user} (account {account}) stopped with work left (incomplete); finish it first with `keyturn resume {held_by}`"
+        )));
     }
-
-    fn holder_json(&self) -> String {
-        serde_json::to_string(&self.me).expect("serialize process id")
+    if holder.is_alive() {
+        return Ok(Err(format!(
+            "user {user} (account {account}) is being rotated by run {held_by} (pid {} on {}, since {since}); wait for it to finish",
+            holder.pid, holder.host
+        )));
     }
-
-    /// Decide whether the lock row (run, holder, since) blocks `wanted_run`.
-    fn check_holder(
-        c: &Connection,
-        account: &str,
-        user: &str,
-        held_by: &str,
-        holder: &str,
-        since: &str,
-    ) -> std::result::Result<(), String> {
-        let holder: ProcessId = serde_json::from_str(holder).unwrap_or(ProcessId {
-            pid: 0,
-            host: "unknown".into(),
-            start: None,
-        });
-        if holder.is_alive() {
-            return Err(format!(
-                "user {user} (account {account}) is being rotated by run {held_by} (pid {} on {}, since {since}); wait for it to finish",
-                holder.pid, holder.host
-            ));
-        }
-        let status: Option<String> = c
-            .query_row(
-                "SELECT status FROM runs WHERE run_id = ?1",
-                [held_by],
-                |r| r.get(0),
-            )
-            .optional()
-            .unwrap_or(None);
-        if status.as_deref() == Some(RunStatus::Running.as_str()) {
-            return Err(format!(
-                "run {held_by} of user {user} (account {account}) was interrupted (pid {} is gone); finish it first with `keyturn resume {held_by}`",
-                holder.pid
-            ));
-        }
-        if status.as_deref() == Some(RunStatus::Incomplete.as_str()) {
-            return Err(format!(
-                "run {held_by} of user {user} (account {account}) stopped with work left (see `keyturn history --user {user}`); finish it first with `keyturn resume {held_by}`"
-            ));
-        }
-        tracing::info!(
-            "taking over the lock of finished run {held_by} (pid {} is gone)",
+    if status == Some(RunStatus::Running) {
+        return Ok(Err(format!(
+            "run {held_by} of user {user} (account {account}) was interrupted (pid {} is gone); finish it first with `keyturn resume {held_by}`",
             holder.pid
-        );
-        Ok(())
+        )));
     }
-
-    fn row_to_record(&self, c: &Connection, row: RunRow) -> rusqlite::Result<RunRecord> {
-        let mut stmt = c.prepare_cached(
-            "SELECT seq, idx, step, key_id, phase, detail, at FROM steps WHERE run_id = ?1 ORDER BY seq",
-        )?;
-        let steps = stmt
-            .query_map([&row.run_id], |r| {
-                Ok(StepRecord {
-                    seq: r.get::<_, i64>(0)? as u32,
-                    index: r.get::<_, Option<i64>>(1)?.map(|i| i as usize),
-                    step: r.get(2)?,
-                    access_key_id: r.get(3)?,
-                    phase: StepPhase::parse(&r.get::<_, String>(4)?).unwrap_or(StepPhase::Note),
-                    detail: r.get(5)?,
-                    at: parse_time(&r.get::<_, String>(6)?),
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let meta: RunMeta = serde_json::from_str(&row.meta).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-        })?;
-        Ok(RunRecord {
-            meta,
-            status: RunStatus::parse(&row.status).unwrap_or(RunStatus::Failed),
-            new_key_id: row.new_key_id,
-            new_key_created: row.new_key_created.as_deref().map(parse_time),
-            holds_secret: row.holds_secret,
-            finished_at: row.finished_at.as_deref().map(parse_time),
-            error: row.error,
-            steps,
-        })
-    }
-
-    fn select_runs(&self, filter: &str, arg: Option<&str>) -> Result<Vec<RunRecord>> {
-        self.with(|c| {
-            let sql = format!(
-                "SELECT run_id, status, meta, new_key_id, sealed_secret IS NOT NULL, finished_at, error, new_key_created FROM runs {filter} ORDER BY started_at DESC, run_id DESC"
-            );
-            let rows: Vec<RunRow> = {
-                let mut stmt = c.prepare(&sql)?;
-                let map = |r: &rusqlite::Row<'_>| {
-                    Ok(RunRow {
-                        run_id: r.get(0)?,
-                        status: r.get(1)?,
-                        meta: r.get(2)?,
-                        new_key_id: r.get(3)?,
-                        holds_secret: r.get(4)?,
-                        finished_at: r.get(5)?,
-                        error: r.get(6)?,
-                        new_key_created: r.get(7)?,
-                    })
-                };
-                match arg {
-                    Some(a) => stmt.query_map([a], map)?.collect::<rusqlite::Result<_>>()?,
-                    None => stmt.query_map([], map)?.collect::<rusqlite::Result<_>>()?,
-                }
-            };
-            rows.into_iter().map(|r| self.row_to_record(c, r)).collect()
-        })
-    }
+    tracing::info!(
+        "taking over the lock of finished run {held_by} (pid {} is gone)",
+        holder.pid
+    );
+    Ok(Ok(()))
 }
 
 struct RunRow {
@@ -398,94 +704,346 @@ struct RunRow {
     new_key_created: Option<String>,
 }
 
+fn row_to_record(c: &Connection, row: RunRow) -> rusqlite::Result<RunRecord> {
+    let mut stmt = c.prepare_cached(
+        "SELECT seq, idx, step, key_id, phase, detail, at FROM steps WHERE run_id = ?1 ORDER BY seq",
+    )?;
+    let steps = stmt
+        .query_map([&row.run_id], |r| {
+            Ok(StepRecord {
+                seq: r.get::<_, i64>(0)? as u32,
+                index: r.get::<_, Option<i64>>(1)?.map(|i| i as usize),
+                step: r.get(2)?,
+                access_key_id: r.get(3)?,
+                phase: StepPhase::parse(&r.get::<_, String>(4)?).unwrap_or(StepPhase::Note),
+                detail: r.get(5)?,
+                at: parse_time(&r.get::<_, String>(6)?),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let meta: RunMeta = serde_json::from_str(&row.meta).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(RunRecord {
+        meta,
+        status: RunStatus::parse(&row.status).unwrap_or(RunStatus::Failed),
+        new_key_id: row.new_key_id,
+        new_key_created: row.new_key_created.as_deref().map(parse_time),
+        holds_secret: row.holds_secret,
+        finished_at: row.finished_at.as_deref().map(parse_time),
+        error: row.error,
+        steps,
+    })
+}
+
+fn select_runs(
+    c: &Connection,
+    filter: &str,
+    arg: Option<&str>,
+) -> rusqlite::Result<Vec<RunRecord>> {
+    let sql = format!(
+        "SELECT run_id, status, meta, new_key_id, sealed_secret IS NOT NULL, finished_at, error, new_key_created FROM runs {filter} ORDER BY started_at DESC, run_id DESC"
+    );
+    let rows: Vec<RunRow> = {
+        let mut stmt = c.prepare(&sql)?;
+        let map = |r: &rusqlite::Row<'_>| {
+            Ok(RunRow {
+                run_id: r.get(0)?,
+                status: r.get(1)?,
+                meta: r.get(2)?,
+                new_key_id: r.get(3)?,
+                holds_secret: r.get(4)?,
+                finished_at: r.get(5)?,
+                error: r.get(6)?,
+                new_key_created: r.get(7)?,
+            })
+        };
+        match arg {
+            Some(a) => stmt.query_map([a], map)?.collect::<rusqlite::Result<_>>()?,
+            None => stmt.query_map([], map)?.collect::<rusqlite::Result<_>>()?,
+        }
+    };
+    rows.into_iter().map(|r| row_to_record(c, r)).collect()
+}
+
 fn aad(run_id: &str, key_id: &str) -> Vec<u8> {
     format!("keyturn/{run_id}/{key_id}").into_bytes()
+}
+
+impl SqliteJournal {
+    /// Open (creating if absent) the journal at `path` for writing. A file that is not
+    /// a keyturn journal, one from a newer keyturn, or one another user could have
+    /// planted is refused without being modified (exit 2); a journal that cannot be
+    /// written (read-only, full) is a [`Error::JournalIo`] (exit 1).
+    pub async fn open(path: &Path, sealer: Sealer) -> Result<Self> {
+        Self::open_with(path, sealer, Access::ReadWrite).await
+    }
+
+    /// Open the journal for reading only (`history`).
+    pub async fn open_read_only(path: &Path, sealer: Sealer) -> Result<Self> {
+        Self::open_with(path, sealer, Access::ReadOnly).await
+    }
+
+    pub async fn open_with(path: &Path, sealer: Sealer, access: Access) -> Result<Self> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let p = path.to_path_buf();
+        let key_file = sealer.key_file().map(Path::to_path_buf);
+        let thread = std::thread::Builder::new()
+            .name("keyturn-journal".into())
+            .spawn(move || match Worker::open(&p, access, key_file) {
+                Ok(mut w) => {
+                    let _ = ready_tx.send(Ok(()));
+                    while let Ok(job) = rx.recv() {
+                        job(&mut w);
+                    }
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| Error::io("starting the journal thread", e))?;
+        let mut j = Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+            path: path.to_path_buf(),
+            sealer,
+            me: ProcessId::current(),
+            reserved: Mutex::new(HashMap::new()),
+        };
+        let opened = ready_rx.await.unwrap_or_else(|_| {
+            Err(Error::Runtime(
+                "the journal thread stopped while opening".into(),
+            ))
+        });
+        if let Err(e) = opened {
+            j.jobs.take();
+            if let Some(t) = j.thread.take() {
+                let _ = t.join();
+            }
+            return Err(e);
+        }
+        Ok(j)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run `f` on the journal thread and await its result.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Worker) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |w| {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(w)))
+                .unwrap_or_else(|_| Err(Error::Runtime("the journal thread panicked".into())));
+            let _ = tx.send(r);
+        });
+        let gone = || Error::Runtime("the journal thread is gone".into());
+        self.jobs
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(job)
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    fn holder_json(&self) -> String {
+        serde_json::to_string(&self.me).expect("serialize process id")
+    }
+
+    /// Record an event of plan step `idx`.
+    async fn plan_step(
+        &self,
+        run_id: &str,
+        idx: usize,
+        step: &Step,
+        phase: StepPhase,
+        detail: &str,
+    ) -> Result<()> {
+        let (run_id, name, key_id, detail) = (
+            run_id.to_string(),
+            step.name(),
+            step.key_id().map(str::to_string),
+            detail.to_string(),
+        );
+        let op = match phase {
+            StepPhase::Intent => "recording the intent of a step",
+            _ => "recording the result of a step",
+        };
+        self.call(move |w| {
+            w.write(op, |c| {
+                insert_step(
+                    c,
+                    &run_id,
+                    Some(idx),
+                    name,
+                    key_id.as_deref(),
+                    phase,
+                    &detail,
+                )
+            })
+        })
+        .await
+    }
+
+    /// The data key to seal run `run_id`'s new secret with.
+    async fn sealing_key(&self, run_id: &str) -> Result<DataKey> {
+        if let Some(k) = self
+            .reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(run_id)
+        {
+            return Ok(k);
+        }
+        match &self.sealer {
+            Sealer::Local { .. } => self.call(|w| w.local_key(true)).await,
+            Sealer::Kms { .. } => self.sealer.kms_data_key().await,
+        }
+    }
+
+    /// Fetch the sealing key ahead (KMS: a data key now, so sealing later needs no
+    /// KMS call), then reserve room in the row, with `intent` in the same write.
+    async fn reserve_with(&self, run_id: &str, intent: Option<(usize, Step)>) -> Result<()> {
+        if matches!(self.sealer, Sealer::Kms { .. }) {
+            let k = self.sealer.kms_data_key().await?;
+            self.reserved
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(run_id.to_string(), k);
+        }
+        let run_id = run_id.to_string();
+        self.call(move |w| w.reserve(&run_id, intent.as_ref().map(|(i, s)| (*i, s))))
+            .await
+    }
 }
 
 impl Journal for SqliteJournal {
     async fn lock(&self, account: &str, user: &str, run_id: &str) -> Result<()> {
         let holder = self.holder_json();
-        let blocked = self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let existing = Self::lock_row(&tx, account, user)?;
-            if let Some((held_by, h, since)) = existing {
-                if let Err(msg) = Self::check_holder(&tx, account, user, &held_by, &h, &since) {
-                    return Ok(Some(msg));
-                }
-            }
-            Self::put_lock(&tx, account, user, run_id, &holder)?;
-            tx.commit()?;
-            Ok(None)
-        })?;
+        let (account, user, run_id) = (account.to_string(), user.to_string(), run_id.to_string());
+        let blocked = self
+            .call(move |w| {
+                w.write("taking the lock", |c| {
+                    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    if let Some((held_by, h, since)) = lock_row(&tx, &account, &user)? {
+                        if let Err(msg) = check_holder(&tx, &account, &user, &held_by, &h, &since)?
+                        {
+                            return Ok(Some(msg));
+                        }
+                    }
+                    put_lock(&tx, &account, &user, &run_id, &holder)?;
+                    tx.commit()?;
+                    Ok(None)
+                })
+            })
+            .await?;
         blocked.map_or(Ok(()), |msg| Err(Error::Locked(msg)))
     }
 
     async fn unlock(&self, account: &str, user: &str, run_id: &str) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "DELETE FROM locks WHERE account = ?1 AND user_name = ?2 AND run_id = ?3",
-                [account, user, run_id],
-            )
-            .map(|_| ())
+        let (account, user, run_id) = (account.to_string(), user.to_string(), run_id.to_string());
+        self.call(move |w| {
+            w.write("releasing the lock", |c| {
+                c.execute(
+                    "DELETE FROM locks WHERE account = ?1 AND user_name = ?2 AND run_id = ?3",
+                    [&account, &user, &run_id],
+                )
+                .map(|_| ())
+            })
         })
+        .await
     }
 
     async fn take_over(&self, run_id: &str) -> Result<()> {
         let holder = self.holder_json();
         let me = self.me.clone();
-        let blocked = self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let Some((account, user)): Option<(String, String)> = tx
-                .query_row(
-                    "SELECT account, user_name FROM runs WHERE run_id = ?1",
-                    [run_id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?
-            else {
-                return Ok(Some(format!("no run {run_id} in the journal")));
-            };
-            let existing = Self::lock_row(&tx, &account, &user)?;
-            if let Some((held_by, h, since)) = existing {
-                let p: Option<ProcessId> = serde_json::from_str(&h).ok();
-                let alive = p.as_ref().is_some_and(|p| p.is_alive() && *p != me);
-                if alive {
-                    let p = p.expect("checked");
-                    return Ok(Some(format!(
-                        "run {held_by} of user {user} is still running (pid {} on {}, since {since}); wait for it",
-                        p.pid, p.host
-                    )));
-                }
-            }
-            Self::put_lock(&tx, &account, &user, run_id, &holder)?;
-            tx.execute(
-                "UPDATE runs SET pid = ?2, host = ?3 WHERE run_id = ?1",
-                params![run_id, me.pid, me.host],
-            )?;
-            Self::insert_step(&tx, run_id, None, "resume", None, StepPhase::Note, &format!("resumed by pid {}", me.pid))?;
-            tx.commit()?;
-            Ok(None)
-        })?;
+        let run_id = run_id.to_string();
+        let blocked = self
+            .call(move |w| {
+                w.write("taking over the run", |c| {
+                    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let Some((account, user, status)): Option<(String, String, String)> = tx
+                        .query_row(
+                            "SELECT account, user_name, status FROM runs WHERE run_id = ?1",
+                            [&run_id],
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        )
+                        .optional()?
+                    else {
+                        return Ok(Some(format!("no run {run_id} in the journal")));
+                    };
+                    let incomplete = status == RunStatus::Incomplete.as_str();
+                    if let Some((held_by, h, since)) = lock_row(&tx, &account, &user)? {
+                        let p: Option<ProcessId> = serde_json::from_str(&h).ok();
+                        let alive = p.as_ref().is_some_and(|p| p.is_alive() && *p != me);
+                        if alive && !incomplete {
+                            let p = p.expect("checked");
+                            return Ok(Some(format!(
+                                "run {held_by} of user {user} is still running (pid {} on {}, since {since}); wait for it",
+                                p.pid, p.host
+                            )));
+                        }
+                    }
+                    put_lock(&tx, &account, &user, &run_id, &holder)?;
+                    tx.execute(
+                        "UPDATE runs SET pid = ?2, host = ?3 WHERE run_id = ?1",
+                        params![run_id, me.pid, me.host],
+                    )?;
+                    insert_step(
+                        &tx,
+                        &run_id,
+                        None,
+                        "resume",
+                        None,
+                        StepPhase::Note,
+                        &format!("resumed by pid {}", me.pid),
+                    )?;
+                    tx.commit()?;
+                    Ok(None)
+                })
+            })
+            .await?;
         blocked.map_or(Ok(()), |msg| Err(Error::Locked(msg)))
     }
 
     async fn begin(&self, meta: &RunMeta) -> Result<()> {
         let json = serde_json::to_string(meta).map_err(|e| Error::Runtime(e.to_string()))?;
-        let started = meta.started_at.format(&Rfc3339).expect("format time");
+        let started = fmt_time(meta.started_at);
         let me = self.me.clone();
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO runs (run_id, account, user_name, status, meta, started_at, pid, host) VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7)",
-                params![meta.run_id, meta.account, meta.user_name, json, started, me.pid, me.host],
-            )
-            .map(|_| ())
-        })?;
+        let (run_id, account, user) = (
+            meta.run_id.clone(),
+            meta.account.clone(),
+            meta.user_name.clone(),
+        );
+        self.call(move |w| {
+            w.write("recording the run", |c| {
+                c.execute(
+                    "INSERT INTO runs (run_id, account, user_name, status, meta, started_at, pid, host) VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7)",
+                    params![run_id, account, user, json, started, me.pid, me.host],
+                )
+                .map(|_| ())
+            })
+        })
+        .await?;
         crate::failpoint::hit("begin");
         Ok(())
     }
 
     async fn intent(&self, run_id: &str, idx: usize, step: &Step) -> Result<()> {
+        if matches!(step, Step::CreateKey { .. }) {
+            // The intent of `create-key` and the room for its secret: one write.
+            return self.reserve_with(run_id, Some((idx, step.clone()))).await;
+        }
         self.plan_step(run_id, idx, step, StepPhase::Intent, step.reason())
+            .await
+    }
+
+    async fn reserve_secret(&self, run_id: &str, _idx: usize) -> Result<()> {
+        self.reserve_with(run_id, None).await
     }
 
     async fn done(
@@ -501,62 +1059,77 @@ impl Journal for SqliteJournal {
         } else {
             StepPhase::Failed
         };
-        self.plan_step(run_id, idx, step, phase, detail)
+        self.plan_step(run_id, idx, step, phase, detail).await
     }
 
     async fn key_created(&self, run_id: &str, idx: usize, key: &NewKey) -> Result<()> {
-        let sealed = self
-            .sealer
-            .seal(
-                key.secret.expose().as_bytes(),
-                &aad(run_id, &key.access_key_id),
-            )
-            .await?;
-        let created = key.create_date.format(&Rfc3339).expect("format time");
-        self.with(|c| {
-            let tx = c.transaction()?;
-            tx.execute(
-                "UPDATE runs SET new_key_id = ?2, new_key_created = ?3, sealed_scheme = ?4, sealed_secret = ?5, sealed_data_key = ?6 WHERE run_id = ?1",
-                params![run_id, key.access_key_id, created, sealed.scheme, sealed.blob, sealed.wrapped_key],
-            )?;
-            Self::insert_step(
-                &tx,
-                run_id,
-                Some(idx),
-                "create-key",
-                Some(&key.access_key_id),
-                StepPhase::Done,
-                &format!("created {} (secret sealed in the journal, {})", key.access_key_id, sealed.scheme),
-            )?;
-            tx.commit()
+        let dk = self.sealing_key(run_id).await?;
+        let sealed = dk.seal(
+            key.secret.expose().as_bytes(),
+            &aad(run_id, &key.access_key_id),
+        )?;
+        drop(dk);
+        let created = fmt_time(key.create_date);
+        let (run_id, key_id) = (run_id.to_string(), key.access_key_id.clone());
+        self.call(move |w| {
+            w.write("recording the new key", |c| {
+                let tx = c.transaction()?;
+                tx.execute(
+                    "UPDATE runs SET new_key_id = ?2, new_key_created = ?3, sealed_scheme = ?4, sealed_secret = ?5, sealed_data_key = ?6, reserved = NULL WHERE run_id = ?1",
+                    params![run_id, key_id, created, sealed.scheme, sealed.blob, sealed.wrapped_key],
+                )?;
+                insert_step(
+                    &tx,
+                    &run_id,
+                    Some(idx),
+                    "create-key",
+                    Some(&key_id),
+                    StepPhase::Done,
+                    &format!("created {key_id} (secret sealed in the journal, {})", sealed.scheme),
+                )?;
+                tx.commit()
+            })
         })
+        .await
     }
 
     async fn delivered(&self, run_id: &str) -> Result<()> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            tx.execute(
-                "UPDATE runs SET sealed_scheme = NULL, sealed_secret = NULL, sealed_data_key = NULL WHERE run_id = ?1",
-                [run_id],
-            )?;
-            Self::insert_step(&tx, run_id, None, "deliver", None, StepPhase::Note, "every output has the new key; sealed secret erased")?;
-            tx.commit()
+        let run_id = run_id.to_string();
+        self.call(move |w| {
+            w.write("erasing the delivered secret", |c| {
+                let tx = c.transaction()?;
+                tx.execute(
+                    "UPDATE runs SET sealed_scheme = NULL, sealed_secret = NULL, sealed_data_key = NULL, reserved = NULL WHERE run_id = ?1",
+                    [&run_id],
+                )?;
+                insert_step(&tx, &run_id, None, "deliver", None, StepPhase::Note, "every output has the new key; sealed secret erased")?;
+                tx.commit()
+            })
         })
+        .await
     }
 
     async fn finish(&self, run_id: &str, status: RunStatus, error: Option<&str>) -> Result<()> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            tx.execute(
-                "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4 WHERE run_id = ?1",
-                params![run_id, status.as_str(), now(), error],
-            )?;
-            // An incomplete run keeps the user locked until `resume` finishes it.
-            if status != RunStatus::Incomplete {
-                tx.execute("DELETE FROM locks WHERE run_id = ?1", [run_id])?;
-            }
-            tx.commit()
+        let (run_id, error) = (run_id.to_string(), error.map(str::to_string));
+        self.reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&run_id);
+        self.call(move |w| {
+            w.write("recording the end of the run", |c| {
+                let tx = c.transaction()?;
+                tx.execute(
+                    "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4, reserved = NULL WHERE run_id = ?1",
+                    params![run_id, status.as_str(), now(), error],
+                )?;
+                // An incomplete run keeps its user's lock: `resume` finishes it.
+                if status != RunStatus::Incomplete {
+                    tx.execute("DELETE FROM locks WHERE run_id = ?1", [&run_id])?;
+                }
+                tx.commit()
+            })
         })
+        .await
     }
 
     async fn note(&self, run_id: &str, step: &str, ok: bool, detail: &str) -> Result<()> {
@@ -565,44 +1138,457 @@ impl Journal for SqliteJournal {
         } else {
             format!("FAILED: {detail}")
         };
-        self.with(|c| Self::insert_step(c, run_id, None, step, None, StepPhase::Note, &detail))
+        let (run_id, step) = (run_id.to_string(), step.to_string());
+        self.call(move |w| {
+            w.write("recording an event", |c| {
+                insert_step(c, &run_id, None, &step, None, StepPhase::Note, &detail)
+            })
+        })
+        .await
     }
 
     async fn runs(&self, user: Option<&str>) -> Result<Vec<RunRecord>> {
-        match user {
-            Some(u) => self.select_runs("WHERE user_name = ?1", Some(u)),
-            None => self.select_runs("", None),
-        }
+        let user = user.map(str::to_string);
+        self.call(move |w| {
+            w.read("reading runs", |c| match &user {
+                Some(u) => select_runs(c, "WHERE user_name = ?1", Some(u)),
+                None => select_runs(c, "", None),
+            })
+        })
+        .await
     }
 
     async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
-        Ok(self
-            .select_runs("WHERE run_id = ?1", Some(run_id))?
-            .into_iter()
-            .next())
+        let run_id = run_id.to_string();
+        self.call(move |w| {
+            w.read("reading a run", |c| {
+                select_runs(c, "WHERE run_id = ?1", Some(&run_id)).map(|v| v.into_iter().next())
+            })
+        })
+        .await
     }
 
     async fn secret(&self, run_id: &str) -> Result<Option<SecretKey>> {
         type SealedRow = (String, Option<String>, Option<Vec<u8>>, Option<Vec<u8>>);
-        let row: Option<SealedRow> = self.with(|c| {
-            c.query_row(
-                "SELECT coalesce(new_key_id, ''), sealed_scheme, sealed_secret, sealed_data_key FROM runs WHERE run_id = ?1",
-                [run_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()
-        })?;
-        let Some((key_id, Some(scheme), Some(blob), wrapped_key)) = row else {
+        let id = run_id.to_string();
+        let local = matches!(self.sealer, Sealer::Local { .. });
+        let found: Option<(String, Sealed, Option<DataKey>)> = self
+            .call(move |w| {
+                let row: Option<SealedRow> = w.read("reading the sealed secret", |c| {
+                    c.query_row(
+                        "SELECT coalesce(new_key_id, ''), sealed_scheme, sealed_secret, sealed_data_key FROM runs WHERE run_id = ?1",
+                        [&id],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )
+                    .optional()
+                })?;
+                let Some((key_id, Some(scheme), Some(blob), wrapped_key)) = row else {
+                    return Ok(None);
+                };
+                let sealed = Sealed {
+                    scheme,
+                    blob,
+                    wrapped_key,
+                };
+                let key = if local && sealed.scheme == seal::SCHEME_LOCAL {
+                    Some(w.local_key(false)?)
+                } else {
+                    None
+                };
+                Ok(Some((key_id, sealed, key)))
+            })
+            .await?;
+        let Some((key_id, sealed, key)) = found else {
             return Ok(None);
         };
-        let sealed = Sealed {
-            scheme,
-            blob,
-            wrapped_key,
+        let key = match key {
+            Some(k) => k,
+            None if sealed.scheme == seal::SCHEME_KMS => self.sealer.kms_unwrap(&sealed).await?,
+            None => return Err(self.sealer.wrong_scheme(&sealed.scheme)),
         };
-        let plain = self.sealer.open(&sealed, &aad(run_id, &key_id)).await?;
+        let plain = key.open(&sealed, &aad(run_id, &key_id))?;
         let text = std::str::from_utf8(&plain)
             .map_err(|_| Error::Journal("the journaled secret is not text".into()))?;
         Ok(Some(SecretKey::new(text)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::RemoteMeta;
+    use crate::plan::{Mode, Plan, PlanOptions};
+
+    pub(crate) fn meta(run_id: &str, user: &str) -> RunMeta {
+        RunMeta {
+            run_id: run_id.into(),
+            account: "123456789012".into(),
+            user_name: user.into(),
+            mode: Mode::User,
+            options: PlanOptions::default(),
+            plan: Plan {
+                user_name: user.into(),
+                steps: vec![
+                    Step::CreateKey {
+                        reason: "new key".into(),
+                    },
+                    Step::VerifyNewKey {
+                        reason: "prove it".into(),
+                    },
+                ],
+            },
+            inventory: vec![],
+            sinks: vec![],
+            output: "env".into(),
+            remote: RemoteMeta::default(),
+            verify_timeout_secs: 60,
+            profile: None,
+            mfa_serial: None,
+            started_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    pub(crate) fn new_key(user: &str) -> NewKey {
+        NewKey {
+            user_name: user.into(),
+            access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
+            secret: SecretKey::new("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+            create_date: OffsetDateTime::now_utc(),
+        }
+    }
+
+    async fn open(dir: &Path) -> SqliteJournal {
+        let path = dir.join("journal.sqlite");
+        SqliteJournal::open(&path, Sealer::local_for(&path))
+            .await
+            .unwrap()
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    fn len(p: &Path) -> u64 {
+        std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn files_are_0600_in_a_directory_keyturn_did_not_create() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("shared-but-mine");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let j = open(&dir).await;
+        let m = meta("r1", "alice");
+        j.lock(&m.account, "alice", "r1").await.unwrap();
+        j.begin(&m).await.unwrap();
+        j.intent("r1", 0, &m.plan.steps[0]).await.unwrap();
+        let db = dir.join("journal.sqlite");
+        for p in [
+            db.clone(),
+            with_suffix(&db, "-wal"),
+            with_suffix(&db, "-shm"),
+            with_suffix(&db, ".key"),
+        ] {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        assert_eq!(mode(&dir), 0o755, "an existing directory is not changed");
+        drop(j);
+        assert!(!with_suffix(&db, "-wal").exists(), "closed cleanly");
+    }
+
+    #[tokio::test]
+    async fn a_created_directory_is_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        let _j = open(&dir).await;
+        assert_eq!(mode(&dir), 0o700);
+    }
+
+    /// Issue 17 #4: once room is reserved (the create-key intent), recording the new
+    /// key and its sealed secret grows no journal file.
+    #[tokio::test]
+    async fn recording_the_new_key_needs_no_new_space_after_the_reservation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = open(tmp.path()).await;
+        let db = tmp.path().join("journal.sqlite");
+        let files = || -> Vec<u64> {
+            ["", "-wal", "-shm", ".key"]
+                .iter()
+                .map(|s| len(&with_suffix(&db, s)))
+                .collect()
+        };
+        // First without a reservation (a fresh WAL grows), then with one.
+        for (i, reserve) in [(0, false), (1, true)] {
+            let run = format!("r{i}");
+            let user = format!("u{i}");
+            let m = meta(&run, &user);
+            j.lock(&m.account, &user, &run).await.unwrap();
+            j.begin(&m).await.unwrap();
+            if reserve {
+                j.intent(&run, 0, &m.plan.steps[0]).await.unwrap();
+            }
+            let before = files();
+            j.key_created(&run, 0, &new_key(&user)).await.unwrap();
+            let after = files();
+            if reserve {
+                assert_eq!(after, before, "no file grew after the reservation");
+                // ...and the rest of a run fits too.
+                j.intent(&run, 1, &m.plan.steps[1]).await.unwrap();
+                j.done(&run, 1, &m.plan.steps[1], true, "ok").await.unwrap();
+                j.delivered(&run).await.unwrap();
+                j.finish(&run, RunStatus::Succeeded, None).await.unwrap();
+                assert_eq!(files(), before, "the whole run fit in the reserved room");
+            } else {
+                assert!(
+                    after[1] > before[1],
+                    "without it the WAL grows: {before:?} {after:?}"
+                );
+            }
+        }
+        assert_eq!(
+            j.secret("r0").await.unwrap().unwrap().expose(),
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+        );
+        assert!(
+            j.secret("r1").await.unwrap().is_none(),
+            "erased once delivered"
+        );
+    }
+
+    /// A second connection to the same file, for tests that play another process.
+    fn raw(dir: &Path) -> Connection {
+        Connection::open(dir.join("journal.sqlite")).unwrap()
+    }
+
+    fn dead_holder() -> String {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        serde_json::to_string(&ProcessId {
+            pid,
+            host: ProcessId::current().host,
+            start: Some(1),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn locks_block_live_holders_interrupted_and_incomplete_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = open(tmp.path()).await;
+        let acct = "123456789012";
+        j.lock(acct, "alice", "r1").await.unwrap();
+        let live = j.lock(acct, "alice", "r2").await.unwrap_err();
+        assert!(matches!(live, Error::Locked(_)), "{live:?}");
+        assert!(
+            live.to_string().contains("is being rotated by run r1"),
+            "{live}"
+        );
+        assert_eq!(live.exit_code(), crate::error::exit::GUARD);
+        // Another user, or the same user in another account, is independent.
+        j.lock(acct, "bob", "r3").await.unwrap();
+        j.lock("210987654321", "alice", "r4").await.unwrap();
+        // A run that never began releases its lock with unlock.
+        j.unlock(acct, "bob", "r3").await.unwrap();
+        j.lock(acct, "bob", "r5").await.unwrap();
+
+        // r1 runs, then its process dies: a new run must resume it first.
+        j.begin(&meta("r1", "alice")).await.unwrap();
+        raw(tmp.path())
+            .execute(
+                "UPDATE locks SET holder = ?1 WHERE run_id = 'r1'",
+                [dead_holder()],
+            )
+            .unwrap();
+        let interrupted = j.lock(acct, "alice", "r6").await.unwrap_err();
+        assert!(
+            interrupted.to_string().contains("was interrupted"),
+            "{interrupted}"
+        );
+        assert!(interrupted.to_string().contains("keyturn resume r1"));
+        j.take_over("r1").await.unwrap();
+        let rec = j.run("r1").await.unwrap().unwrap();
+        assert!(rec.steps.iter().any(|s| s.step == "resume"));
+
+        // Incomplete: stopped with work left; it keeps the lock even though its
+        // process ended, and take_over works for it.
+        j.finish("r1", RunStatus::Incomplete, Some("one sink failed"))
+            .await
+            .unwrap();
+        assert_eq!(
+            j.run("r1").await.unwrap().unwrap().status,
+            RunStatus::Incomplete
+        );
+        let blocked = j.lock(acct, "alice", "r7").await.unwrap_err();
+        assert!(blocked.to_string().contains("incomplete"), "{blocked}");
+        assert!(
+            blocked.to_string().contains("keyturn resume r1"),
+            "{blocked}"
+        );
+        j.take_over("r1").await.unwrap();
+        j.finish("r1", RunStatus::Succeeded, None).await.unwrap();
+        j.lock(acct, "alice", "r8").await.unwrap();
+
+        // A finished run's stale lock (its process gone) is taken over silently.
+        j.begin(&meta("r8", "alice")).await.unwrap();
+        j.finish("r8", RunStatus::Succeeded, None).await.unwrap();
+        raw(tmp.path())
+            .execute(
+                "INSERT INTO locks (account, user_name, run_id, holder, since) VALUES (?1, 'alice', 'r8', ?2, '2026-01-01T00:00:00Z')",
+                [acct.to_string(), dead_holder()],
+            )
+            .unwrap();
+        j.lock(acct, "alice", "r9").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_schema_1_journal_is_migrated_and_keeps_its_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("journal.sqlite");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(&format!(
+                "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 1;"
+            ))
+            .unwrap();
+            let m = meta("old-run", "alice");
+            c.execute(
+                "INSERT INTO runs (run_id, account, user_name, status, meta, started_at, pid, host) VALUES ('old-run', ?1, 'alice', 'succeeded', ?2, ?3, 1, 'h')",
+                params![m.account, serde_json::to_string(&m).unwrap(), now()],
+            )
+            .unwrap();
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Read-only access reads the old schema without migrating it.
+        let ro = SqliteJournal::open_read_only(&path, Sealer::local_for(&path))
+            .await
+            .unwrap();
+        assert_eq!(ro.runs(None).await.unwrap().len(), 1);
+        drop(ro);
+        let version = |p: &Path| -> i64 {
+            Connection::open(p)
+                .unwrap()
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(version(&path), 1);
+        let j = open(tmp.path()).await;
+        let runs = j.runs(Some("alice")).await.unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].meta.run_id, "old-run");
+        assert_eq!(runs[0].status, RunStatus::Succeeded);
+        // The new schema works: a run with a reservation.
+        let m = meta("new-run", "alice");
+        j.lock(&m.account, "alice", "new-run").await.unwrap();
+        j.begin(&m).await.unwrap();
+        j.reserve_secret("new-run", 0).await.unwrap();
+        j.key_created("new-run", 0, &new_key("alice"))
+            .await
+            .unwrap();
+        drop(j);
+        assert_eq!(version(&path), SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn foreign_newer_and_damaged_files_are_refused_untouched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("journal.sqlite");
+        type Make = Box<dyn Fn(&Path)>;
+        let cases: Vec<(&str, Make)> = vec![
+            (
+                "not a keyturn journal",
+                Box::new(|p: &Path| std::fs::write(p, vec![0x5a; 8192]).unwrap()),
+            ),
+            (
+                "another application",
+                Box::new(|p: &Path| {
+                    Connection::open(p)
+                        .unwrap()
+                        .execute_batch("CREATE TABLE t (x); PRAGMA application_id = 7;")
+                        .unwrap()
+                }),
+            ),
+            (
+                "newer keyturn",
+                Box::new(|p: &Path| {
+                    Connection::open(p)
+                        .unwrap()
+                        .execute_batch(&format!(
+                            "CREATE TABLE t (x); PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 99;"
+                        ))
+                        .unwrap()
+                }),
+            ),
+        ];
+        for (needle, make) in cases {
+            let _ = std::fs::remove_file(&path);
+            make(&path);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let before = std::fs::read(&path).unwrap();
+            for access in [Access::ReadWrite, Access::ReadOnly] {
+                let e = SqliteJournal::open_with(&path, Sealer::local_for(&path), access)
+                    .await
+                    .unwrap_err();
+                assert!(matches!(e, Error::Journal(_)), "{needle}: {e:?}");
+                assert!(e.to_string().contains(needle), "{needle}: {e}");
+                assert_eq!(e.exit_code(), crate::error::exit::GUARD);
+            }
+            assert_eq!(std::fs::read(&path).unwrap(), before, "{needle}");
+        }
+    }
+
+    #[tokio::test]
+    async fn read_only_access_to_a_missing_journal_reads_empty_and_creates_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("none/journal.sqlite");
+        let j = SqliteJournal::open_read_only(&path, Sealer::local_for(&path))
+            .await
+            .unwrap();
+        assert!(j.runs(None).await.unwrap().is_empty());
+        assert!(!tmp.path().join("none").exists());
+    }
+
+    #[test]
+    fn sqlite_failures_are_classified() {
+        let p = Path::new("/j/journal.sqlite");
+        let fail = |code: i32| {
+            classify(
+                p,
+                "recording the new key",
+                rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+            )
+        };
+        use rusqlite::ffi;
+        for (code, kind) in [
+            (ffi::SQLITE_FULL, JournalIoKind::Full),
+            (ffi::SQLITE_READONLY, JournalIoKind::ReadOnly),
+            (ffi::SQLITE_IOERR, JournalIoKind::Io),
+            (ffi::SQLITE_IOERR_WRITE, JournalIoKind::Io),
+            (ffi::SQLITE_CANTOPEN, JournalIoKind::Io),
+            (ffi::SQLITE_BUSY, JournalIoKind::Busy),
+        ] {
+            let e = fail(code);
+            let io = e.as_journal_io().unwrap_or_else(|| panic!("{code}: {e:?}"));
+            assert_eq!(io.kind, kind, "{code}");
+            assert_eq!(io.location, "/j/journal.sqlite");
+            assert_eq!(e.exit_code(), crate::error::exit::FAILURE, "{code}");
+            assert!(
+                e.to_string().contains("recording the new key failed"),
+                "{e}"
+            );
+        }
+        assert!(fail(ffi::SQLITE_READONLY).to_string().contains("read-only"));
+        for code in [ffi::SQLITE_CORRUPT, ffi::SQLITE_NOTADB] {
+            let e = fail(code);
+            assert!(matches!(e, Error::Journal(_)), "{code}: {e:?}");
+            assert_eq!(e.exit_code(), crate::error::exit::GUARD);
+        }
+        assert!(matches!(fail(ffi::SQLITE_CONSTRAINT), Error::Locked(_)));
+        let full = classify(p, "x", injected_full(3));
+        assert!(full
+            .to_string()
+            .contains("database or disk is full (failpoint journal-full-after:3)"));
     }
 }
