@@ -475,40 +475,57 @@ impl InformaticaSink {
         h: &Handover<'_>,
     ) -> std::result::Result<String, (Written, String)> {
         let new_id = h.key.access_key_id.as_str();
-        let total = self.spec.connections.len();
-        let mut holding: Vec<&str> = Vec::new();
-        let mut already = 0;
-        let progress = |holding: &[&str]| {
-            if holding.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; {} of {total} connections hold the new key ({}), the others still hold the old one",
-                    holding.len(),
-                    holding.join(", ")
-                )
+        let mut updated: Vec<&str> = Vec::new();
+        let mut already: Vec<&str> = Vec::new();
+        // Where each connection stands when one fails: honest about the one that failed.
+        let stopped = |at: usize, maybe: bool, updated: &[&str], already: &[&str]| {
+            let mut parts = Vec::new();
+            let holding: Vec<&str> = already.iter().chain(updated).copied().collect();
+            if !holding.is_empty() {
+                parts.push(format!(
+                    "{} hold{} the new key",
+                    holding.join(", "),
+                    if holding.len() == 1 { "s" } else { "" }
+                ));
             }
-        };
-        for id in &self.spec.connections {
-            let written = |holding: &[&str], maybe: bool| {
-                if maybe || !holding.is_empty() {
-                    Written::Maybe
-                } else {
-                    Written::No
-                }
+            let id = &self.spec.connections[at];
+            let rest: Vec<&str> = self.spec.connections[at + 1..]
+                .iter()
+                .map(String::as_str)
+                .collect();
+            let mut old: Vec<&str> = Vec::new();
+            if maybe {
+                parts.push(format!(
+                    "{id} may hold it (the outcome of its update is unknown)"
+                ));
+            } else {
+                old.push(id);
+            }
+            old.extend(rest);
+            if !old.is_empty() {
+                parts.push(format!(
+                    "{} still hold{} the old key",
+                    old.join(", "),
+                    if old.len() == 1 { "s" } else { "" }
+                ));
+            }
+            let written = if maybe || !holding.is_empty() {
+                Written::Maybe
+            } else {
+                Written::No
             };
+            (written, format!("; connections: {}", parts.join("; ")))
+        };
+        for (at, id) in self.spec.connections.iter().enumerate() {
             let c = match self.get(s, id).await {
                 Ok(c) => c,
                 Err(m) => {
-                    return Err((
-                        written(&holding, false),
-                        format!("{m}{}", progress(&holding)),
-                    ))
+                    let (w, p) = stopped(at, false, &updated, &already);
+                    return Err((w, format!("{m}{p}")));
                 }
             };
             if c.access_key.as_deref() == Some(new_id) {
-                holding.push(id);
-                already += 1;
+                already.push(id);
                 continue;
             }
             let body = SecretJson(json!({
@@ -534,42 +551,39 @@ impl InformaticaSink {
             let r = match r {
                 Ok(r) => r,
                 Err(e) => {
-                    return Err((
-                        written(&holding, e.maybe_applied),
-                        format!("{e}{}", progress(&holding)),
-                    ))
+                    let (w, p) = stopped(at, e.maybe_applied, &updated, &already);
+                    return Err((w, format!("{e}{p}")));
                 }
             };
-            holding.push(id);
             let shown = r
                 .secret_json()
                 .map_err(|e| e.to_string())
                 .and_then(|v| self.read_conn(id, &v));
             match shown {
-                Ok(c) if c.access_key.as_deref() == Some(new_id) => {}
+                Ok(c) if c.access_key.as_deref() == Some(new_id) => updated.push(id),
                 Ok(_) => {
+                    let (w, p) = stopped(at, true, &updated, &already);
                     return Err((
-                        Written::Maybe,
+                        w,
                         format!(
-                            "connection {id}: the update was accepted but the answer does not show the new access key id{}",
-                            progress(&holding)
+                            "connection {id}: the update was accepted but the answer does not show the new access key id{p}"
                         ),
-                    ))
+                    ));
                 }
-                Err(m) => return Err((Written::Maybe, format!("{m}{}", progress(&holding)))),
+                Err(m) => {
+                    let (w, p) = stopped(at, true, &updated, &already);
+                    return Err((w, format!("{m}{p}")));
+                }
             }
         }
-        Ok(format!(
-            "{} connection{} updated in partial mode ({}){}",
-            total - already,
-            if total - already == 1 { "" } else { "s" },
-            self.spec.connections.join(", "),
-            if already > 0 {
-                format!("; {already} already held the new key")
-            } else {
-                String::new()
-            }
-        ))
+        let mut out = Vec::new();
+        if !updated.is_empty() {
+            out.push(format!("updated {} in partial mode", updated.join(", ")));
+        }
+        if !already.is_empty() {
+            out.push(format!("{} already held the new key", already.join(", ")));
+        }
+        Ok(format!("connections: {}", out.join("; ")))
     }
 
     async fn verify_in(
