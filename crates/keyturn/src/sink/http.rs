@@ -451,7 +451,6 @@ impl Http {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let last = attempt >= MAX_ATTEMPTS;
             let mut rb = self
                 .client
                 .request(req.method.clone(), req.url.clone())
@@ -465,31 +464,32 @@ impl Http {
             let resp = match result {
                 Ok(r) => r,
                 Err(e) => {
-                    let connect = e.is_connect();
+                    let outcome = if e.is_connect() {
+                        Outcome::NoConnection
+                    } else {
+                        Outcome::Lost
+                    };
                     tracing::debug!(
                         sink = %self.sink,
-                        "{} {} -> {} after {ms} ms (attempt {attempt})",
+                        "{} {} -> {:?} after {ms} ms (attempt {attempt})",
                         req.method,
                         req.url.path(),
-                        if connect { "no connection" } else { "transport error" }
+                        outcome
                     );
-                    // Refused connections were never sent; anything else may have been.
-                    if !connect {
-                        ambiguous = true;
-                    }
-                    if !last && (connect || req.idempotent) {
-                        tokio::time::sleep(backoff(attempt)).await;
+                    ambiguous |= outcome.ambiguous();
+                    if let Next::Retry(w) = next(outcome, attempt, req.idempotent, now()) {
+                        tokio::time::sleep(w).await;
                         continue;
                     }
-                    let failure = if connect {
-                        Failure::Connect
-                    } else {
-                        Failure::Transport
-                    };
-                    let what = if e.is_timeout() {
-                        format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())
-                    } else {
-                        crate::error::chain(&e.without_url())
+                    let (failure, what) = match outcome {
+                        Outcome::NoConnection => {
+                            (Failure::Connect, crate::error::chain(&e.without_url()))
+                        }
+                        _ if e.is_timeout() => (
+                            Failure::Transport,
+                            format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+                        ),
+                        _ => (Failure::Transport, crate::error::chain(&e.without_url())),
                     };
                     return Err(fail(failure, None, what, ambiguous));
                 }
@@ -506,11 +506,11 @@ impl Http {
             let body = match read_body(resp).await {
                 Ok(b) => b,
                 Err(e) => {
-                    // The status arrived, the body did not: for a 2xx the request was
-                    // performed; keyturn just cannot see the answer.
+                    // The status arrived, the body did not: the request may well have
+                    // been performed; keyturn just cannot see the answer.
                     ambiguous = true;
-                    if !last && req.idempotent {
-                        tokio::time::sleep(backoff(attempt)).await;
+                    if let Next::Retry(w) = next(Outcome::Lost, attempt, req.idempotent, now()) {
+                        tokio::time::sleep(w).await;
                         continue;
                     }
                     return Err(fail(Failure::Transport, Some(status.as_u16()), e, true));
@@ -524,36 +524,14 @@ impl Http {
                     what: req.what.clone(),
                 });
             }
+            let outcome = Outcome::Status(status, &headers);
+            ambiguous |= outcome.ambiguous();
             let detail = self.detail(&body);
-            if is_rate_limited(status, &headers) {
-                let wait = rate_limit_wait(&headers, OffsetDateTime::now_utc());
-                match wait {
-                    Some(w) if w > MAX_WAIT => {
-                        return Err(fail(
-                            Failure::RateLimited,
-                            Some(status.as_u16()),
-                            format!(
-                                "{detail}{}the service's rate limit asks to wait {} s, longer than keyturn waits ({} s); run again after that",
-                                if detail.is_empty() { "" } else { "; " },
-                                w.as_secs(),
-                                MAX_WAIT.as_secs()
-                            ),
-                            ambiguous,
-                        ))
-                    }
-                    _ if last => {
-                        return Err(fail(
-                            Failure::RateLimited,
-                            Some(status.as_u16()),
-                            format!(
-                                "{detail}{}still rate limited after {attempt} attempts",
-                                if detail.is_empty() { "" } else { "; " }
-                            ),
-                            ambiguous,
-                        ))
-                    }
-                    w => {
-                        let w = w.unwrap_or_else(|| backoff(attempt));
+            let sep = if detail.is_empty() { "" } else { "; " };
+            let limited = is_rate_limited(status, &headers);
+            match next(outcome, attempt, req.idempotent, now()) {
+                Next::Retry(w) => {
+                    if limited {
                         tracing::info!(
                             sink = %self.sink,
                             "{}: rate limited (HTTP {}); waiting {} ms as the service asks",
@@ -561,42 +539,54 @@ impl Http {
                             status.as_u16(),
                             w.as_millis()
                         );
-                        tokio::time::sleep(w).await;
-                        continue;
                     }
-                }
-            }
-            if status.is_redirection() {
-                let to = headers
-                    .get(reqwest::header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|l| Url::parse(l).ok())
-                    .and_then(|u| u.host_str().map(str::to_string))
-                    .map(|h| format!(" to {h}"))
-                    .unwrap_or_default();
-                return Err(fail(
-                    Failure::Redirect,
-                    Some(status.as_u16()),
-                    format!("the service redirects{to}; keyturn does not follow redirects with credentials: set the service's final URL"),
-                    ambiguous,
-                ));
-            }
-            if status.is_server_error() {
-                ambiguous = true;
-                if !last && req.idempotent {
-                    let w = retry_after(&headers, OffsetDateTime::now_utc())
-                        .filter(|w| *w <= MAX_WAIT)
-                        .unwrap_or_else(|| backoff(attempt));
                     tokio::time::sleep(w).await;
                     continue;
                 }
+                Next::WaitTooLong(w) => {
+                    return Err(fail(
+                        Failure::RateLimited,
+                        Some(status.as_u16()),
+                        format!(
+                            "{detail}{sep}the service's rate limit asks to wait {} s, longer than keyturn waits ({} s); run again after that",
+                            w.as_secs(),
+                            MAX_WAIT.as_secs()
+                        ),
+                        ambiguous,
+                    ))
+                }
+                Next::Fail if limited => {
+                    return Err(fail(
+                        Failure::RateLimited,
+                        Some(status.as_u16()),
+                        format!("{detail}{sep}still rate limited after {attempt} attempts"),
+                        ambiguous,
+                    ))
+                }
+                Next::Fail if status.is_redirection() => {
+                    let to = headers
+                        .get(reqwest::header::LOCATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|l| Url::parse(l).ok())
+                        .and_then(|u| u.host_str().map(str::to_string))
+                        .map(|h| format!(" to {h}"))
+                        .unwrap_or_default();
+                    return Err(fail(
+                        Failure::Redirect,
+                        Some(status.as_u16()),
+                        format!("the service redirects{to}; keyturn does not follow redirects with credentials: set the service's final URL"),
+                        ambiguous,
+                    ));
+                }
+                Next::Fail => {
+                    return Err(fail(
+                        Failure::Status,
+                        Some(status.as_u16()),
+                        detail,
+                        ambiguous,
+                    ))
+                }
             }
-            return Err(fail(
-                Failure::Status,
-                Some(status.as_u16()),
-                detail,
-                ambiguous,
-            ));
         }
     }
 
@@ -619,6 +609,64 @@ impl Http {
             text = text.chars().take(MAX_DETAIL).collect::<String>() + "…";
         }
         text
+    }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// How one attempt ended, when it did not succeed.
+#[derive(Debug, Clone, Copy)]
+enum Outcome<'h> {
+    /// No connection was made: nothing was sent.
+    NoConnection,
+    /// Sent, but no (complete) answer came back: it may have been performed.
+    Lost,
+    /// The service answered with this status.
+    Status(StatusCode, &'h HeaderMap),
+}
+
+impl Outcome<'_> {
+    /// May the service have performed the request?
+    fn ambiguous(&self) -> bool {
+        match self {
+            Outcome::NoConnection => false,
+            Outcome::Lost => true,
+            Outcome::Status(s, _) => s.is_server_error(),
+        }
+    }
+}
+
+/// What to do after an attempt that did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Retry(Duration),
+    Fail,
+    /// Rate limited for longer than keyturn waits.
+    WaitTooLong(Duration),
+}
+
+/// The retry policy (pure, so it is unit-tested): refusals (no connection, rate
+/// limits) are retried for every request, ambiguous failures (5xx, a lost answer) only
+/// for requests that are safe to repeat; at most [`MAX_ATTEMPTS`] attempts, waits as
+/// the service asks (up to [`MAX_WAIT`]) or a short backoff.
+fn next(outcome: Outcome<'_>, attempt: u32, idempotent: bool, now: OffsetDateTime) -> Next {
+    let last = attempt >= MAX_ATTEMPTS;
+    match outcome {
+        Outcome::NoConnection if !last => Next::Retry(backoff(attempt)),
+        Outcome::Lost if !last && idempotent => Next::Retry(backoff(attempt)),
+        Outcome::Status(s, h) if is_rate_limited(s, h) => match rate_limit_wait(h, now) {
+            Some(w) if w > MAX_WAIT => Next::WaitTooLong(w),
+            _ if last => Next::Fail,
+            w => Next::Retry(w.unwrap_or_else(|| backoff(attempt))),
+        },
+        Outcome::Status(s, h) if s.is_server_error() && idempotent && !last => Next::Retry(
+            retry_after(h, now)
+                .filter(|w| *w <= MAX_WAIT)
+                .unwrap_or_else(|| backoff(attempt)),
+        ),
+        _ => Next::Fail,
     }
 }
 
@@ -822,6 +870,184 @@ mod tests {
             Some(Duration::from_millis(500))
         );
         assert_eq!(rate_limit_wait(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn the_retry_policy_retries_refusals_always_and_ambiguity_only_when_safe() {
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let none = HeaderMap::new();
+        let st = |c: u16| StatusCode::from_u16(c).unwrap();
+        // Nothing was sent: always retried, until the attempts run out.
+        assert_eq!(
+            next(Outcome::NoConnection, 1, false, t),
+            Next::Retry(Duration::from_millis(250))
+        );
+        assert_eq!(
+            next(Outcome::NoConnection, MAX_ATTEMPTS, true, t),
+            Next::Fail
+        );
+        // Sent, answer lost: only a request that is safe to repeat.
+        assert_eq!(
+            next(Outcome::Lost, 2, true, t),
+            Next::Retry(Duration::from_millis(500))
+        );
+        assert_eq!(next(Outcome::Lost, 1, false, t), Next::Fail);
+        // 5xx: the same, honouring Retry-After.
+        let ra = headers(&[("retry-after", "2")]);
+        assert_eq!(
+            next(Outcome::Status(st(503), &ra), 1, true, t),
+            Next::Retry(Duration::from_secs(2))
+        );
+        assert_eq!(
+            next(Outcome::Status(st(500), &none), 1, false, t),
+            Next::Fail
+        );
+        assert_eq!(
+            next(Outcome::Status(st(502), &none), MAX_ATTEMPTS, true, t),
+            Next::Fail
+        );
+        // Rate limits were refusals: retried for any request, waiting as told.
+        assert_eq!(
+            next(Outcome::Status(st(429), &ra), 1, false, t),
+            Next::Retry(Duration::from_secs(2))
+        );
+        let long = headers(&[("retry-after", "3600")]);
+        assert_eq!(
+            next(Outcome::Status(st(429), &long), 1, true, t),
+            Next::WaitTooLong(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            next(Outcome::Status(st(429), &ra), MAX_ATTEMPTS, true, t),
+            Next::Fail
+        );
+        // Other answers are final.
+        for c in [400, 401, 403, 404, 409, 422] {
+            assert_eq!(
+                next(Outcome::Status(st(c), &none), 1, true, t),
+                Next::Fail,
+                "{c}"
+            );
+        }
+        assert!(Outcome::Status(st(500), &none).ambiguous());
+        assert!(!Outcome::Status(st(429), &none).ambiguous());
+        assert!(!Outcome::NoConnection.ambiguous());
+        assert!(Outcome::Lost.ambiguous());
+    }
+
+    /// A one-thread HTTP/1.1 server answering from a script and recording request heads.
+    fn script_server(
+        answers: Vec<(u16, &'static str, &'static str)>,
+    ) -> (Url, std::sync::Arc<Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        let heads = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            let mut answers = std::collections::VecDeque::from(answers);
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let mut w = conn.try_clone().unwrap();
+                let mut r = BufReader::new(conn);
+                loop {
+                    let mut head = String::new();
+                    let mut len = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            break;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                        head.push_str(&line);
+                    }
+                    if head.is_empty() {
+                        break;
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    seen.lock().unwrap().push(head);
+                    let Some((status, extra, body)) = answers.pop_front() else {
+                        return;
+                    };
+                    let _ = write!(
+                        w,
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+                        body.len()
+                    );
+                }
+            }
+        });
+        (url, heads)
+    }
+
+    #[tokio::test]
+    async fn send_retries_as_the_policy_says_and_masks_secrets() {
+        fn describe(v: &serde_json::Value) -> Option<String> {
+            v.get("error").and_then(|e| e.as_str()).map(str::to_string)
+        }
+        let (base, heads) = script_server(vec![
+            (503, "", "{}"),
+            (200, "", "{\"ok\": true}"),
+            (500, "", "{\"error\": \"boom\"}"),
+            (429, "retry-after: 0\r\n", "{}"),
+            (201, "", "{}"),
+            (401, "", "{\"error\": \"bad token tok-SECRET-123456\"}"),
+        ]);
+        let http = Http::new("t", describe).unwrap();
+        let token = SecretKey::new("tok-SECRET-123456");
+        http.protect(&token);
+        // A read: the 503 is retried.
+        let r = http
+            .send(Request::get(join(&base, &["a"]), "GET a"))
+            .await
+            .unwrap();
+        assert_eq!(r.json::<serde_json::Value>().unwrap()["ok"], true);
+        // A write that is not safe to repeat: a 500 is final and may have been applied.
+        let e = http
+            .send(Request::post(join(&base, &["b"]), "POST b").json(&serde_json::json!({})))
+            .await
+            .unwrap_err();
+        assert!(e.maybe_applied && e.is_status(500));
+        assert_eq!(
+            e.to_string(),
+            "POST b: HTTP 500 Internal Server Error: boom"
+        );
+        // A rate limit is retried even for such a write; it was a refusal.
+        let r = http
+            .send(Request::post(join(&base, &["c"]), "POST c").json(&serde_json::json!({})))
+            .await
+            .unwrap();
+        assert_eq!(r.status.as_u16(), 201);
+        // The service echoing a token: masked.
+        let e = http
+            .send(Request::get(join(&base, &["d"]), "GET d").secret_header(
+                "authorization",
+                "Bearer ",
+                &token,
+            ))
+            .await
+            .unwrap_err();
+        assert!(!e.maybe_applied);
+        assert_eq!(e.detail, "bad token <redacted>");
+        // A URL that would carry a secret is never sent.
+        let e = http
+            .send(Request::get(join(&base, &["tok-SECRET-123456"]), "GET e"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.failure, Failure::Refused);
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 6, "{heads:?}");
+        assert!(heads
+            .iter()
+            .all(|h| h.contains(&format!("user-agent: {}", user_agent()))));
+        assert!(heads[0].starts_with("GET /a ") && heads[1].starts_with("GET /a "));
+        assert!(heads[2].starts_with("POST /b "));
+        assert!(heads[3].starts_with("POST /c ") && heads[4].starts_with("POST /c "));
     }
 
     #[test]
