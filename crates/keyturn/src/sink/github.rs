@@ -333,9 +333,11 @@ impl GitHubSink {
                 "{e} ({} does not exist, or the token cannot see it: it needs {})",
                 self.spec.scope_label(),
                 if self.spec.organization.is_some() {
-                    "the organization's Secrets permission (read and write), or admin:org"
+                    "the organization permission Secrets (read and write), or a classic token's admin:org scope"
+                } else if self.spec.environment.is_some() {
+                    "the repository permission Environments (read and write), or a classic token's repo scope"
                 } else {
-                    "the repository's Secrets permission (read and write), or the repo scope"
+                    "the repository permission Secrets (read and write), or a classic token's repo scope"
                 }
             )
         } else if e.is_status(403) {
