@@ -491,6 +491,23 @@ fn vault_bad_credentials_fail_before_any_write_and_delete_the_new_key() {
     assert_only_old_key(&emu, &old);
     assert_eq!(bao.kv_read("secret", "ci/ci-bot").unwrap().1, 1);
     assert_hygiene(&[wrong, &role.secret_id], &run, &argv, &[]);
+    // A mount with no KV v2 engine is an error, not an empty secret.
+    let cfg = vault_config(
+        &emu,
+        &bao.addr,
+        "token_env = \"KT_VAULT_TOKEN\"",
+        "mount = \"kv-missing\"",
+    );
+    let (run, _) = rotate(
+        &emu,
+        &cfg,
+        &["--sink", "ci-vault"],
+        &[("KT_VAULT_TOKEN", &bao.root_token)],
+    );
+    run.assert_code(1)
+        .assert_stderr("sink 'ci-vault' (vault) prepare failed")
+        .assert_stderr("is there a KV version 2 engine mounted at kv-missing?");
+    assert_only_old_key(&emu, &old);
 }
 
 #[test]
@@ -1198,6 +1215,64 @@ fn infisical_bad_client_secret_and_a_read_only_identity_write_nothing() {
     assert_eq!(st["rejected"][0]["reason"], "permission");
     assert_eq!(st["secrets"]["prod"]["/ci"], json!({}));
     assert_hygiene(&[&ro], &run, &argv, &inf.requests());
+}
+
+#[test]
+fn infisical_lost_answer_to_a_create_is_finished_by_resume_without_writing_twice() {
+    let inf = Fixture::start("infisical");
+    let emu = Emulator::start();
+    let old = setup(&emu);
+    // Infisical performs the first create, then the connection drops before the
+    // answer: keyturn cannot know whether it was written, so nothing is revoked.
+    inf.fault(json!({"method": "POST", "path": "/api/v4/secrets/*", "mode": "drop-response"}));
+    let cfg = inf_config(&emu, &inf, inf.str("client_id"));
+    let secret = inf.str("client_secret").to_string();
+    let env = [("INF_SECRET", secret.as_str())];
+    let (run, argv) = rotate(&emu, &cfg, &["--sink", "inf", RETIRE[0], RETIRE[1]], &env);
+    run.assert_code(1)
+        .assert_stderr("sink 'inf' (infisical) delivery failed")
+        .assert_stderr("create secret AWS_ACCESS_KEY_ID: the request failed")
+        .assert_stderr("inf failed part-way and may hold it")
+        .assert_stderr("keyturn resume");
+    assert_eq!(emu.keys("ci-bot").len(), 2, "both keys stay Active");
+    assert!(emu.whoami(&old).is_ok());
+    let hist = history(&emu);
+    assert_eq!(hist["Runs"][0]["Status"], "incomplete");
+    let run_id = hist["Runs"][0]["RunId"].as_str().unwrap().to_string();
+    let ci = inf.state()["secrets"]["prod"]["/ci"].clone();
+    assert!(
+        ci["AWS_ACCESS_KEY_ID"].is_object(),
+        "the lost create did happen: {ci}"
+    );
+    assert!(ci["AWS_SECRET_ACCESS_KEY"].is_null());
+    assert_hygiene(&[&secret], &run, &argv, &inf.requests());
+    // resume: the secret that is there is left alone, the missing one is created.
+    let (resumed, argv) = keyturn(&emu, &cfg, &["resume", &run_id], &env);
+    resumed.assert_code(0);
+    let st = inf.state();
+    let ci = &st["secrets"]["prod"]["/ci"];
+    let new = creds(
+        ci["AWS_ACCESS_KEY_ID"]["value"].as_str().unwrap(),
+        ci["AWS_SECRET_ACCESS_KEY"]["value"].as_str().unwrap(),
+    );
+    assert!(emu.whoami(&new).is_ok());
+    assert_eq!(emu.whoami(&old), Err("InvalidClientTokenId".into()));
+    let writes: Vec<(&str, &str)> = st["writes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["op"].as_str().unwrap(), w["key"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            ("create", "AWS_ACCESS_KEY_ID"),
+            ("create", "AWS_SECRET_ACCESS_KEY")
+        ],
+        "each secret written once"
+    );
+    assert_eq!(ci["AWS_ACCESS_KEY_ID"]["version"], 1);
+    assert_hygiene(&[&new.secret, &secret], &resumed, &argv, &inf.requests());
 }
 
 // ---- GitLab ------------------------------------------------------------------------------

@@ -296,6 +296,22 @@ impl VaultSink {
             )
             .await?;
         let mut v = r.secret_json()?;
+        if r.status.as_u16() == 404 {
+            // An absent secret answers `{"errors": []}`; anything said is a real error
+            // (no KV v2 engine at that mount: "no handler for route ...").
+            if let Some(msg) = describe(&v) {
+                return Err(HttpError {
+                    what: format!("GET {}", self.where_()),
+                    failure: http::Failure::Status,
+                    status: Some(404),
+                    detail: format!(
+                        "{msg} (is there a KV version 2 engine mounted at {}?)",
+                        self.spec.mount.trim_matches('/')
+                    ),
+                    maybe_applied: false,
+                });
+            }
+        }
         let ver = v
             .pointer("/data/metadata/version")
             .and_then(|x| x.as_u64())
@@ -361,6 +377,7 @@ fn is_cas_conflict(e: &HttpError) -> bool {
     e.is_status(400) && e.detail.contains("check-and-set")
 }
 
+/// A copy of the object `v` (the caller wraps it in [`SecretJson`] at once).
 fn object(v: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
     v.as_object().cloned().unwrap_or_default()
 }
@@ -424,11 +441,16 @@ impl Sink for VaultSink {
             )));
         }
         let mut data = SecretJson(serde_json::Value::Object(object(&seen.data)));
-        let kept: Vec<String> = object(&seen.data)
-            .keys()
-            .filter(|k| !values.iter().any(|(n, _)| n == *k))
-            .cloned()
-            .collect();
+        let kept: Vec<String> = seen
+            .data
+            .as_object()
+            .map(|m| {
+                m.keys()
+                    .filter(|k| !values.iter().any(|(n, _)| n == *k))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         if let serde_json::Value::Object(m) = &mut data.0 {
             super::files::set_json_fields(m, &values);
         }
