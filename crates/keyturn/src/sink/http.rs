@@ -380,6 +380,26 @@ impl fmt::Display for HttpError {
 /// Pulls a service's own error message out of an error body (each API has its shape).
 pub type Describe = fn(&serde_json::Value) -> Option<String>;
 
+/// One reqwest client for the process: every sink of a fleet run shares its
+/// connection pool and TLS setup (a client is cheap to clone but costly to build:
+/// about 35 ms each in a debug build, mostly loading the root certificates). keyturn
+/// runs one tokio runtime per process; pooled connections belong to it.
+fn shared_client() -> std::result::Result<reqwest::Client, String> {
+    static CLIENT: std::sync::OnceLock<std::result::Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .user_agent(user_agent())
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(REQUEST_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| format!("cannot set up the HTTP client: {e}"))
+        })
+        .clone()
+}
+
 /// The client of one sink.
 pub struct Http {
     client: reqwest::Client,
@@ -390,15 +410,8 @@ pub struct Http {
 
 impl Http {
     pub fn new(sink: &str, describe: Describe) -> std::result::Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .user_agent(user_agent())
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
         Ok(Self {
-            client,
+            client: shared_client()?,
             sink: sink.to_string(),
             describe,
             protected: Mutex::new(Vec::new()),
