@@ -612,7 +612,7 @@ impl InformaticaSink {
             match before.get(id) {
                 // This process saw the connection with another key: updateTime moved?
                 Some(b) if b.access_key.as_deref() != Some(new_id) => {
-                    if b.update_time.as_deref().is_some_and(|t| now.as_str() <= t) {
+                    if b.update_time.as_deref().is_some_and(|t| !later(&now, t)) {
                         return Err(format!(
                             "connection {id} ({}): updateTime {now} did not move since keyturn read it",
                             c.name
@@ -631,7 +631,7 @@ impl InformaticaSink {
                     }
                 }
             }
-            if latest.as_deref().is_none_or(|l| now.as_str() > l) {
+            if latest.as_deref().is_none_or(|l| later(&now, l)) {
                 latest = Some(now);
             }
         }
@@ -651,6 +651,15 @@ impl InformaticaSink {
 
 fn parse_time(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Is the IICS time `a` later than `b`? (As times when both parse, else as text: IICS
+/// writes one fixed ISO 8601 format.)
+fn later(a: &str, b: &str) -> bool {
+    match (parse_time(a), parse_time(b)) {
+        (Some(x), Some(y)) => x > y,
+        _ => a > b,
+    }
 }
 
 #[async_trait]
@@ -743,6 +752,23 @@ mod tests {
         assert!(s.validate().unwrap_err().to_string().contains("twice"));
         s.connections = vec![];
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn update_times_compare_as_times() {
+        assert!(later(
+            "2026-01-01T00:00:00.001Z",
+            "2026-01-01T00:00:00.000Z"
+        ));
+        assert!(!later(
+            "2026-01-01T00:00:00.000Z",
+            "2026-01-01T00:00:00.000Z"
+        ));
+        assert!(later(
+            "2026-01-01T01:00:00.000Z",
+            "2026-01-01T01:30:00.000+01:00"
+        ));
+        assert!(later("b", "a"));
     }
 
     #[test]
