@@ -1441,3 +1441,128 @@ fn gitlab_bad_tokens_delete_the_new_key_and_write_nothing() {
     assert_eq!(gl.state()["writes"], json!([]));
     assert!(gl.requests().iter().all(|r| r["method"] == "GET"));
 }
+
+// ---- every sink at once, at every verbosity ------------------------------------------------
+
+#[test]
+fn no_secret_or_token_reaches_the_logs_at_any_verbosity() {
+    let bao = Bao::start();
+    let infa = Fixture::start("informatica");
+    let gh = Fixture::start("github");
+    let inf = Fixture::start("infisical");
+    let gl = Fixture::start("gitlab");
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    emu.create_key("ci-bot");
+    let ids: Vec<String> = iics_ids(&infa).iter().map(|i| format!("\"{i}\"")).collect();
+    let cfg = write_config(
+        &emu,
+        &format!(
+            r#"
+[[sinks]]
+name = "v"
+type = "vault"
+address = "{bao}"
+path = "ci/{{user}}"
+token_env = "T_VAULT"
+
+[[sinks]]
+name = "i"
+type = "informatica"
+login_url = "{login}"
+username = "{user}"
+password_env = "T_IICS"
+connections = [{ids}]
+
+[[sinks]]
+name = "g"
+type = "github"
+api_url = "{gh}"
+repository = "octo-org/octo-repo"
+token_env = "T_GH"
+
+[[sinks]]
+name = "f"
+type = "infisical"
+url = "{inf}"
+client_id = "{client}"
+client_secret_env = "T_INF"
+project_id = "{project}"
+environment = "dev"
+
+[[sinks]]
+name = "l"
+type = "gitlab"
+url = "{gl}"
+project = "42"
+token_env = "T_GL"
+"#,
+            bao = bao.addr,
+            login = infa.str("login_url"),
+            user = infa.str("username"),
+            ids = ids.join(", "),
+            gh = gh.str("api_url"),
+            inf = inf.str("url"),
+            client = inf.str("client_id"),
+            project = inf.str("project_id"),
+            gl = gl.str("url"),
+        ),
+    );
+    let env = [
+        ("T_VAULT", bao.root_token.as_str()),
+        ("T_IICS", infa.str("password")),
+        ("T_GH", gh.str("token")),
+        ("T_INF", inf.str("client_secret")),
+        ("T_GL", gl.str("token")),
+    ];
+    let creds: Vec<&str> = env.iter().map(|(_, v)| *v).collect();
+    for (flag, rust_log) in [("-v", None), ("-vvv", None), ("-q", Some("trace"))] {
+        let mut args = vec![flag, "--config"];
+        let cfg_s = cfg.display().to_string();
+        args.push(&cfg_s);
+        args.extend([
+            "rotate",
+            "--user",
+            "ci-bot",
+            "--deactivate-old-keys",
+            "--delete-inactive-keys",
+            "--yes",
+        ]);
+        for s in ["v", "i", "g", "f", "l"] {
+            args.extend(["--sink", s]);
+        }
+        let mut cmd = emu.keyturn();
+        cmd.args(&args);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        if let Some(l) = rust_log {
+            cmd.env("RUST_LOG", l);
+        }
+        let run = emu.run(&mut cmd);
+        run.assert_code(0);
+        assert!(run.stderr.len() > 2000, "logs were produced at {flag}");
+        let (data, _) = bao.kv_read("secret", "ci/ci-bot").unwrap();
+        let new_secret = data["SecretAccessKey"].as_str().unwrap().to_string();
+        let mut secrets = creds.clone();
+        secrets.push(&new_secret);
+        assert_hygiene(
+            &secrets,
+            &run,
+            &args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            &[
+                infa.requests(),
+                gh.requests(),
+                inf.requests(),
+                gl.requests(),
+            ]
+            .concat(),
+        );
+        // Access tokens the services handed out stay out too (Infisical's are JWTs).
+        let text = format!("{}{}", run.stdout, run.stderr);
+        assert!(
+            !text.contains("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."),
+            "an Infisical access token in the logs"
+        );
+    }
+}
