@@ -209,6 +209,7 @@ def main() -> int:
 
         # Delivery: one rotation, three consumers (Secrets Manager, SSM, an env file).
         demo_delivery(env, endpoint, admin, home, iam, new_key, keys, scenario, secrets)
+        openbao_demo(env, iam)
 
         print(f"\n{BOLD}Demo finished.{RESET} {len(secrets)} new secrets were issued; "
               "each reached its destinations (stdout or the sinks) once and never stderr.")
@@ -282,6 +283,75 @@ path = "{env_file}"
     print(f"{DIM}{env_file.name} (mode {oct(env_file.stat().st_mode & 0o777)}):{RESET}")
     for line in text.splitlines():
         print(f"  | {line}")
+def openbao_demo(env: dict, iam) -> None:
+    """A rotation delivered to a real OpenBao (Vault KV v2): written with check-and-set,
+    the secret's other keys kept, read back before the old key is retired. The new
+    secret goes to OpenBao only; the demo shows its first four characters."""
+    import urllib.request
+
+    print(f"\n{BOLD}== 13. deliver to OpenBao (Vault KV v2): check-and-set write, "
+          f"read back, then retire the old key{RESET}")
+    bao = subprocess.Popen(
+        [sys.executable, str(ROOT / "fixtures/serve.py"), "--service", "openbao",
+         "--port", "0", "--exit-on-stdin-eof"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(bao.stdout.readline())
+        addr, root = ready["endpoint"], ready["root_token"]
+
+        def kv(method: str, body: dict | None = None) -> dict:
+            req = urllib.request.Request(
+                f"{addr}/v1/secret/data/ci/vault-bot", method=method,
+                data=None if body is None else json.dumps(body).encode(),
+                headers={"X-Vault-Token": root, "Content-Type": "application/json"})
+            return json.loads(urllib.request.urlopen(req).read() or b"{}")
+
+        def show(label: str) -> None:
+            d = kv("GET")["data"]
+            data = {k: (v[:4] + "…" if k == "SecretAccessKey" else v)
+                    for k, v in d["data"].items()}
+            print(f"{DIM}{label}:{RESET} secret/ci/vault-bot version "
+                  f"{d['metadata']['version']}: {json.dumps(data, ensure_ascii=False)}")
+
+        def keys() -> str:
+            ks = iam.list_access_keys(UserName="vault-bot")["AccessKeyMetadata"]
+            return ", ".join(f"{k['AccessKeyId']} {k['Status']}" for k in ks)
+
+        iam.create_user(UserName="vault-bot")
+        old = iam.create_access_key(UserName="vault-bot")["AccessKey"]
+        kv("POST", {"data": {"AccessKeyId": old["AccessKeyId"],
+                             "SecretAccessKey": old["SecretAccessKey"],
+                             "region": "eu-west-1"}})
+        home = Path(env["HOME"])
+        token = home / "vault-token"
+        token.write_text(root + "\n")
+        token.chmod(0o600)
+        cfg = home / "keyturn-vault.toml"
+        cfg.write_text(
+            "[[sinks]]\nname = \"ci-vault\"\ntype = \"vault\"\n"
+            f"address = \"{addr}\"\npath = \"ci/{{user}}\"\ntoken_file = \"{token}\"\n")
+        print(f"{DIM}settings ({cfg.name}):{RESET}")
+        for line in cfg.read_text().splitlines():
+            print(f"  | {line}")
+        print(f"{DIM}before:{RESET} vault-bot: {keys()}")
+        show("before")
+        args = ["--config", str(cfg), "rotate", "--user", "vault-bot", "--sink", "ci-vault",
+                "--deactivate-old-keys", "--yes"]
+        print(f"{BOLD}$ keyturn {' '.join(args)}{RESET}")
+        r = subprocess.run([KEYTURN, *args], env=env, capture_output=True, text=True)
+        new_secret = kv("GET")["data"]["data"]["SecretAccessKey"]
+        assert new_secret not in r.stdout + r.stderr, "a secret reached keyturn's output"
+        assert root not in r.stdout + r.stderr, "the Vault token reached keyturn's output"
+        for line in r.stdout.rstrip().splitlines():
+            print(f"  stdout| {line}")
+        for line in r.stderr.rstrip().splitlines():
+            print(f"  stderr| {line}")
+        print(f"{DIM}exit code:{RESET} {r.returncode}")
+        print(f"{DIM}after:{RESET}  vault-bot: {keys()}")
+        show("after ")
+    finally:
+        bao.stdin.close()  # the launcher stops bao when its stdin closes
+        bao.wait(timeout=10)
 
 
 if __name__ == "__main__":

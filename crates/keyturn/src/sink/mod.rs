@@ -23,11 +23,17 @@
 pub mod command;
 pub mod fields;
 pub mod files;
+pub mod github;
+pub mod gitlab;
+pub mod http;
+pub mod infisical;
+pub mod informatica;
 pub mod profiles;
 pub mod secrets;
 pub mod secretsmanager;
 pub mod ssm;
 pub mod stdout;
+pub mod vault;
 
 use crate::aws::NewKey;
 use crate::error::{Error, Result};
@@ -214,6 +220,11 @@ pub enum SinkSpec {
     JsonFile(files::FileSpec),
     CredentialsFile(files::CredentialsFileSpec),
     Command(command::CommandSpec),
+    Informatica(informatica::InformaticaSpec),
+    Github(github::GitHubSpec),
+    Vault(vault::VaultSpec),
+    Infisical(infisical::InfisicalSpec),
+    Gitlab(gitlab::GitLabSpec),
 }
 
 impl SinkSpec {
@@ -226,6 +237,11 @@ impl SinkSpec {
             SinkSpec::EnvFile(s) | SinkSpec::JsonFile(s) => &s.name,
             SinkSpec::CredentialsFile(s) => &s.name,
             SinkSpec::Command(s) => &s.name,
+            SinkSpec::Informatica(s) => &s.name,
+            SinkSpec::Github(s) => &s.name,
+            SinkSpec::Vault(s) => &s.name,
+            SinkSpec::Infisical(s) => &s.name,
+            SinkSpec::Gitlab(s) => &s.name,
         }
     }
 
@@ -239,6 +255,11 @@ impl SinkSpec {
             SinkSpec::JsonFile(_) => "json-file",
             SinkSpec::CredentialsFile(_) => "credentials-file",
             SinkSpec::Command(_) => "command",
+            SinkSpec::Informatica(_) => "informatica",
+            SinkSpec::Github(_) => "github",
+            SinkSpec::Vault(_) => "vault",
+            SinkSpec::Infisical(_) => "infisical",
+            SinkSpec::Gitlab(_) => "gitlab",
         }
     }
 
@@ -282,6 +303,11 @@ impl SinkSpec {
             SinkSpec::EnvFile(s) | SinkSpec::JsonFile(s) => s.validate(name),
             SinkSpec::CredentialsFile(s) => s.validate(),
             SinkSpec::Command(s) => s.validate(),
+            SinkSpec::Informatica(s) => s.validate(),
+            SinkSpec::Github(s) => s.validate(),
+            SinkSpec::Vault(s) => s.validate(),
+            SinkSpec::Infisical(s) => s.validate(),
+            SinkSpec::Gitlab(s) => s.validate(),
         }
     }
 
@@ -314,6 +340,11 @@ pub fn build(spec: &SinkSpec, env: &SinkEnv) -> Result<Box<dyn Sink>> {
         SinkSpec::JsonFile(s) => Box::new(files::JsonFileSink::new(s)),
         SinkSpec::CredentialsFile(s) => Box::new(files::CredentialsFileSink::new(s)),
         SinkSpec::Command(s) => Box::new(command::CommandSink::new(s)),
+        SinkSpec::Informatica(s) => Box::new(informatica::InformaticaSink::new(s, env)?),
+        SinkSpec::Github(s) => Box::new(github::GitHubSink::new(s)?),
+        SinkSpec::Vault(s) => Box::new(vault::VaultSink::new(s)?),
+        SinkSpec::Infisical(s) => Box::new(infisical::InfisicalSink::new(s)?),
+        SinkSpec::Gitlab(s) => Box::new(gitlab::GitLabSink::new(s)?),
     })
 }
 
@@ -424,4 +455,46 @@ pub fn validate_declared(declared: &[SinkSpec]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod service_sink_tests {
+    use super::*;
+
+    #[test]
+    fn the_example_settings_declare_every_service_sink_validly() {
+        let text = include_str!("../../../../keyturn.example.toml");
+        let cfg = crate::config::FileConfig::parse(text).unwrap();
+        validate_declared(&cfg.sinks).unwrap();
+        for kind in ["informatica", "github", "vault", "infisical", "gitlab"] {
+            assert!(
+                cfg.sinks.iter().any(|s| s.kind() == kind),
+                "keyturn.example.toml has no {kind} sink"
+            );
+        }
+        // Rendering keeps every setting (what the journal records).
+        for s in &cfg.sinks {
+            let r = s.render("123456789012", "ci-bot").unwrap();
+            assert_eq!(r.kind(), s.kind());
+        }
+        let gh = cfg.sinks.iter().find(|s| s.name() == "gh-ci").unwrap();
+        match gh.render("1", "ci-bot").unwrap() {
+            SinkSpec::Github(g) => assert_eq!(g.repository.as_deref(), Some("octo-org/ci-bot")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn service_sinks_refuse_secrets_in_the_settings_file() {
+        for (toml, needle) in [
+            ("type = \"vault\"\naddress = \"https://v\"\npath = \"p\"\ntoken = \"s.abc\"", "unknown field `token`"),
+            ("type = \"github\"\nrepository = \"a/b\"\ntoken = \"ghp_x\"", "unknown field `token`"),
+            ("type = \"gitlab\"\nproject = \"1\"\ntoken = \"glpat\"", "unknown field `token`"),
+            ("type = \"infisical\"\nclient_id = \"i\"\nclient_secret = \"x\"\nproject_id = \"p\"\nenvironment = \"e\"", "unknown field `client_secret`"),
+        ] {
+            let text = format!("[[sinks]]\nname = \"s\"\n{toml}\n");
+            let e = crate::config::FileConfig::parse(&text).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
 }
