@@ -38,7 +38,7 @@ async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
     use keyturn::commands::{history, resume, rollback, rotate};
     use keyturn::remote::RemoteConfig;
     let file = keyturn::config::FileConfig::load(cli.config.as_deref())?;
-    let journal = cli.journal_settings(&file);
+    let journal = cli.journal_settings(&file)?;
     match &cli.command {
         Command::Rotate(a) => {
             let settings = a.resolve(&file)?;
