@@ -52,7 +52,9 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// The crash-safe rotation journal (SQLite) [default:
-    /// $XDG_STATE_HOME/keyturn/journal.sqlite; config: journal.path].
+    /// $XDG_STATE_HOME/keyturn/journal.sqlite; config: journal.path]. Config
+    /// journal.backend = "dynamodb" (with journal.table, journal.kms_key) keeps it in
+    /// DynamoDB instead; journal.lease_seconds sets how long a user's lock holds.
     #[arg(long, global = true, env = "KEYTURN_JOURNAL", value_name = "PATH")]
     pub journal: Option<PathBuf>,
 
@@ -122,19 +124,13 @@ impl ConfigCommand {
 }
 
 impl Cli {
-    /// Journal location: flag/env > config file > default.
-    pub fn journal_settings(&self, file: &FileConfig) -> JournalSettings {
-        JournalSettings {
-            path: self
-                .journal
-                .clone()
-                .or_else(|| file.journal.path.clone())
-                .unwrap_or_else(keyturn::journal::sqlite::default_path),
-            kms_key: self
-                .journal_kms_key
-                .clone()
-                .or_else(|| file.journal.kms_key.clone()),
-        }
+    /// Journal backend and location: flag/env > config file > default.
+    pub fn journal_settings(&self, file: &FileConfig) -> Result<JournalSettings> {
+        JournalSettings::resolve(
+            self.journal.clone(),
+            self.journal_kms_key.clone(),
+            &file.journal,
+        )
     }
 }
 

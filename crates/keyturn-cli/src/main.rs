@@ -66,7 +66,7 @@ async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
         Command::Config(_) => keyturn::config::FileConfig::default(),
         _ => keyturn::config::FileConfig::load(cli.config.as_deref())?,
     };
-    let journal = cli.journal_settings(&file);
+    let journal = cli.journal_settings(&file)?;
     match &cli.command {
         Command::Rotate(a) => {
             let settings = a.resolve(&file)?;

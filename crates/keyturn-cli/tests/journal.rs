@@ -1048,3 +1048,361 @@ fn read_only_journal_is_reported_read_only_and_history_reads_it() {
         None => eprintln!("note: cannot bind-mount here; the read-only mount case did not run"),
     }
 }
+
+// ---- the DynamoDB backend (issue 14) ------------------------------------------------
+
+use keyturn::journal::contract;
+use keyturn::journal::dynamodb::{DynamoJournal, DEFAULT_RETENTION};
+use keyturn::journal::seal::Sealer;
+use keyturn::journal::{Clock, JournalOptions};
+
+/// A journal table and a KMS key on the emulator, and a settings file selecting them.
+struct Dynamo {
+    table: String,
+    kms_key: String,
+    config: PathBuf,
+}
+
+impl Dynamo {
+    fn new(emu: &Emulator, lease_seconds: u64) -> Dynamo {
+        let conf = emu.sdk_config(&emu.admin);
+        let table = "keyturn-journal".to_string();
+        rt().block_on(DynamoJournal::create_table(
+            &aws_sdk_dynamodb::Client::new(&conf),
+            &table,
+        ))
+        .unwrap();
+        let kms = aws_sdk_kms::Client::new(&conf);
+        let key = rt()
+            .block_on(kms.create_key().description("keyturn journal").send())
+            .unwrap();
+        let kms_key = key.key_metadata().unwrap().key_id().to_string();
+        let config = emu.dir.path().join("dynamo.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[journal]\nbackend = \"dynamodb\"\ntable = \"{table}\"\nkms_key = \"{kms_key}\"\nlease_seconds = {lease_seconds}\n"
+            ),
+        )
+        .unwrap();
+        Dynamo {
+            table,
+            kms_key,
+            config,
+        }
+    }
+
+    fn keyturn(&self, emu: &Emulator) -> std::process::Command {
+        let mut cmd = emu.keyturn();
+        cmd.arg("--config").arg(&self.config);
+        cmd
+    }
+
+    /// Every item of the table.
+    fn items(
+        &self,
+        emu: &Emulator,
+    ) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+        let c = aws_sdk_dynamodb::Client::new(&emu.sdk_config(&emu.admin));
+        rt().block_on(c.scan().table_name(&self.table).send())
+            .unwrap()
+            .items()
+            .to_vec()
+    }
+
+    fn history(&self, emu: &Emulator) -> Value {
+        let h = emu.run(self.keyturn(emu).args(["history", "--output", "json"]));
+        h.assert_code(0);
+        h.json()
+    }
+}
+
+struct DynamoOpener {
+    conf: aws_config::SdkConfig,
+    table: String,
+    kms_key: String,
+}
+
+impl contract::Opener for DynamoOpener {
+    type J = DynamoJournal;
+    async fn open(&self, clock: Clock) -> DynamoJournal {
+        let sealer = Sealer::Kms {
+            client: aws_sdk_kms::Client::new(&self.conf),
+            key_id: self.kms_key.clone(),
+        };
+        let options = JournalOptions {
+            lease: contract::LEASE,
+            clock,
+        };
+        DynamoJournal::open(
+            aws_sdk_dynamodb::Client::new(&self.conf),
+            &self.table,
+            sealer,
+            options,
+            DEFAULT_RETENTION,
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// Issue 14: the DynamoDB backend passes the same contract as SQLite (records, locks,
+/// leases, take-over, fencing, incomplete runs, lock races, conflicts as Locked).
+#[test]
+fn dynamodb_journal_passes_the_contract() {
+    let emu = Emulator::start();
+    let d = Dynamo::new(&emu, 300);
+    let opener = DynamoOpener {
+        conf: emu.sdk_config(&emu.admin),
+        table: d.table.clone(),
+        kms_key: d.kms_key.clone(),
+    };
+    rt().block_on(contract::run_all(&opener));
+    // Secrets are only ever stored sealed.
+    let secret = contract::new_key("x").secret.expose().to_string();
+    for item in d.items(&emu) {
+        let text = format!("{item:?}");
+        assert!(!text.contains(&secret), "a secret in clear in {text}");
+    }
+}
+
+/// A table that does not exist, or a DynamoDB backend without a KMS key, is refused
+/// before any rotation starts (exit 2).
+#[test]
+fn dynamodb_journal_needs_its_table_and_a_kms_key() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    let k1 = emu.create_key("ci-bot");
+    let config = emu.dir.path().join("k.toml");
+    std::fs::write(&config, "[journal]\nbackend = \"dynamodb\"\n").unwrap();
+    let run = emu.run(
+        emu.keyturn()
+            .arg("--config")
+            .arg(&config)
+            .args(["rotate", "--user", "ci-bot"]),
+    );
+    run.assert_code(2);
+    run.assert_stderr("needs journal.kms_key");
+    std::fs::write(
+        &config,
+        "[journal]\nbackend = \"dynamodb\"\ntable = \"no-such-table\"\nkms_key = \"alias/x\"\n",
+    )
+    .unwrap();
+    let run = emu.run(
+        emu.keyturn()
+            .arg("--config")
+            .arg(&config)
+            .args(["rotate", "--user", "ci-bot"]),
+    );
+    run.assert_code(2);
+    run.assert_stderr("no-such-table does not exist");
+    assert_eq!(emu.keys("ci-bot"), [(k1.id, "Active".to_string())]);
+}
+
+/// `rotate` and `history` on the DynamoDB journal: the run, its steps, the lease
+/// released, the secret erased, and TTL only on the finished run's items.
+#[test]
+fn dynamodb_journal_records_a_rotation() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    let k1 = emu.create_key("ci-bot");
+    let d = Dynamo::new(&emu, 300);
+    let r = emu.run(
+        d.keyturn(&emu)
+            .args(["rotate", "--user", "ci-bot"])
+            .args(FULL),
+    );
+    r.assert_code(0);
+    let new = r.env_creds();
+    assert_eq!(emu.keys("ci-bot"), [(new.id.clone(), "Active".to_string())]);
+    let h = d.history(&emu);
+    let runs = h["Runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{h}");
+    assert_eq!(runs[0]["Status"], "succeeded");
+    let steps: Vec<(&str, &str)> = runs[0]["Steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["Step"].as_str().unwrap(), s["Phase"].as_str().unwrap()))
+        .collect();
+    for want in [
+        ("create-key", "intent"),
+        ("create-key", "done"),
+        ("verify-new-key", "done"),
+        ("deactivate-old-key", "done"),
+        ("delete-old-key", "done"),
+        ("deliver", "note"),
+    ] {
+        assert!(steps.contains(&want), "{want:?} in {steps:?}");
+    }
+    let items = d.items(&emu);
+    let kind = |i: &std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>| {
+        i.get("Kind")
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        !items.iter().any(|i| kind(i) == "lease"),
+        "the lease is released"
+    );
+    let run = items.iter().find(|i| kind(i) == "run").unwrap();
+    assert!(
+        !run.contains_key("SealedSecret"),
+        "the secret is erased once delivered"
+    );
+    assert!(
+        run.contains_key("ExpiresAt"),
+        "a finished run expires (TTL)"
+    );
+    assert!(items
+        .iter()
+        .filter(|i| kind(i) == "step")
+        .all(|i| i.contains_key("ExpiresAt")));
+    let text = format!("{items:?}");
+    assert!(!text.contains(&new.secret) && !text.contains(&k1.secret));
+}
+
+/// Issue 14: two processes racing for one user's lease on the DynamoDB journal:
+/// exactly one rotates, the other exits 2 and changes nothing.
+#[test]
+fn two_processes_racing_for_a_dynamodb_lease_one_wins() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    let k1 = emu.create_key("ci-bot");
+    let d = Dynamo::new(&emu, 300);
+    emu.propagation_delay(2.0);
+    emu.reset_stats();
+    let spawn = || {
+        d.keyturn(&emu)
+            .args(["rotate", "--user", "ci-bot"])
+            .args(FULL)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let codes: Vec<i32> = outs.iter().map(|o| o.status.code().unwrap_or(-1)).collect();
+    let stderr: Vec<String> = outs
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect();
+    let mut sorted = codes.clone();
+    sorted.sort();
+    assert_eq!(sorted, [0, 2], "one wins, one is locked out: {stderr:?}");
+    let loser = codes.iter().position(|c| *c == 2).unwrap();
+    assert!(
+        stderr[loser].contains("is being rotated by run"),
+        "{}",
+        stderr[loser]
+    );
+    assert!(outs[loser].stdout.is_empty());
+    assert_eq!(creates(&emu), 1, "only the winner created a key");
+    let keys = emu.keys("ci-bot");
+    assert_eq!(keys.len(), 1);
+    assert_ne!(keys[0].0, k1.id);
+    assert_eq!(d.history(&emu)["Runs"].as_array().unwrap().len(), 1);
+}
+
+/// Issue 14: a holder that stops heartbeating (here: SIGSTOP, a hung process; the
+/// same holds for a Lambda that timed out) is taken over once its lease expired, by
+/// `resume` in another process; when the old holder wakes up, its next journal write
+/// is refused (`no longer holds the lease`) before it can change anything.
+#[test]
+fn a_dynamodb_holder_that_stops_heartbeating_is_taken_over_after_its_lease() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    let k1 = emu.create_key("ci-bot");
+    let d = Dynamo::new(&emu, 10);
+    emu.propagation_delay(60.0);
+    emu.reset_stats();
+    let child = d
+        .keyturn(&emu)
+        .args(["rotate", "--user", "ci-bot"])
+        .args(FULL)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    wait_for("CreateAccessKey", || creates(&emu) >= 1);
+    wait_for("the new key to be journaled", || {
+        d.items(&emu).iter().any(|i| i.contains_key("SealedSecret"))
+    });
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let h = d.history(&emu);
+    let run_id = h["Runs"][0]["RunId"].as_str().unwrap().to_string();
+    let lease_until = d
+        .items(&emu)
+        .iter()
+        .find_map(|i| i.get("LeaseUntil").and_then(|v| v.as_n().ok()).cloned())
+        .unwrap()
+        .parse::<i128>()
+        .unwrap();
+    let now_ms = || time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    if lease_until - now_ms() > 2000 {
+        let early = emu.run(d.keyturn(&emu).args(["resume", &run_id]));
+        early.assert_code(2);
+        early.assert_stderr("still running");
+    } else {
+        eprintln!("note: the machine was too slow to try a resume while the lease was live");
+    }
+    // Wait for the lease (not a guess: the time the journal says it ends).
+    while now_ms() <= lease_until + 200 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    emu.propagation_delay(0.0);
+    let resumed = emu.run(d.keyturn(&emu).args(["resume", &run_id]));
+    resumed.assert_code(0);
+    let new = resumed.env_creds();
+    assert_eq!(emu.keys("ci-bot"), [(new.id.clone(), "Active".to_string())]);
+    assert_ne!(new.id, k1.id);
+    assert_eq!(creates(&emu), 1, "resume used the journaled key");
+    // The old holder wakes up: fenced at its next journal write.
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no longer holds the lease"), "{stderr}");
+    assert_eq!(emu.keys("ci-bot"), [(new.id.clone(), "Active".to_string())]);
+    let h = d.history(&emu);
+    assert_eq!(h["Runs"][0]["Status"], "succeeded", "{h}");
+    assert!(h["Runs"][0]["Steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["Step"] == "take-over"));
+}
+
+/// A crash on the DynamoDB journal is resumed like one on SQLite.
+#[cfg(feature = "failpoints")]
+#[test]
+fn dynamodb_journal_crash_then_resume_converges() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    emu.create_key("ci-bot");
+    let d = Dynamo::new(&emu, 300);
+    let mut cmd = d.keyturn(&emu);
+    cmd.args(["rotate", "--user", "ci-bot"])
+        .args(FULL)
+        .env("KEYTURN_FAILPOINT", "verify-new-key");
+    assert_eq!(emu.run(&mut cmd).code, -1);
+    let blocked = emu.run(
+        d.keyturn(&emu)
+            .args(["rotate", "--user", "ci-bot"])
+            .args(FULL),
+    );
+    blocked.assert_code(2);
+    blocked.assert_stderr("keyturn resume");
+    let resumed = emu.run(d.keyturn(&emu).args(["resume"]));
+    resumed.assert_code(0);
+    let new = resumed.env_creds();
+    assert_eq!(emu.keys("ci-bot"), [(new.id.clone(), "Active".to_string())]);
+    let h = d.history(&emu);
+    assert_eq!(h["Runs"][0]["Status"], "succeeded", "{h}");
+    assert!(!format!("{:?}", d.items(&emu)).contains(&new.secret));
+}

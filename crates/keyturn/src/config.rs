@@ -61,6 +61,14 @@ pub struct JournalFile {
     pub path: Option<PathBuf>,
     /// KMS key id/ARN/alias that protects journaled secrets instead of the local key file.
     pub kms_key: Option<String>,
+    /// `sqlite` (default) or `dynamodb`.
+    pub backend: Option<String>,
+    /// DynamoDB table (backend = "dynamodb"; default `keyturn-journal`).
+    pub table: Option<String>,
+    /// Seconds a lease holds without renewal (1-3600, default 300).
+    pub lease_seconds: Option<u64>,
+    /// DynamoDB: days a finished run is kept before TTL clean-up (default 365).
+    pub retention_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

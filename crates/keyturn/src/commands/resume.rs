@@ -231,7 +231,14 @@ async fn resume_one<J: Journal>(
             )
             .await)
     } else {
-        engine.execute(&meta, &mut progress).await
+        crate::journal::with_heartbeat(
+            journal,
+            &meta.account,
+            &meta.user_name,
+            &meta.run_id,
+            engine.execute(&meta, &mut progress),
+        )
+        .await
     };
     finish_run(&meta, progress, result, journal, printer).await
 }

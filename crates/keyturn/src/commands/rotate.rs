@@ -431,7 +431,16 @@ async fn plan_and_run<A: KeyApi, J: Journal>(
     let engine = Engine::new(api, journal, settings.verify, &sinks)
         .retire_with_new_key(subject.retire_with_new_key);
     let mut progress = Progress::for_plan(&meta);
-    let result = engine.execute(&meta, &mut progress).await;
+    // The lease on (account, user) is renewed while the run works, so a long step
+    // (IAM taking its time to accept the key) is not mistaken for a dead runner.
+    let result = crate::journal::with_heartbeat(
+        journal,
+        &meta.account,
+        &meta.user_name,
+        &meta.run_id,
+        engine.execute(&meta, &mut progress),
+    )
+    .await;
     finish_run(&meta, progress, result, journal, printer).await
 }
 

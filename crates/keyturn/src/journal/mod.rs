@@ -15,6 +15,10 @@
 //! (exit 2) when the file is not a usable keyturn journal (corrupt, foreign, newer, or
 //! planted by another user, see [`perms`]).
 
+#[cfg(any(test, feature = "journal-contract"))]
+pub mod contract;
+pub mod dynamodb;
+pub mod lease;
 mod perms;
 pub mod process;
 pub mod seal;
@@ -28,7 +32,33 @@ use crate::remote::RemoteConfig;
 use crate::secret::SecretKey;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
+use std::time::Duration;
 use time::OffsetDateTime;
+
+pub use lease::{Clock, Holder, Lease};
+
+/// RFC 3339, as journals store and show times.
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .expect("format time")
+}
+
+/// How a journal behaves, whatever its backend.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// How long a lock holds without renewal (see [`lease`]).
+    pub lease: Duration,
+    pub clock: Clock,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        Self {
+            lease: lease::DEFAULT_LEASE,
+            clock: Clock::system(),
+        }
+    }
+}
 
 /// Everything needed to finish a run from any point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,14 +270,24 @@ impl RunRecord {
     }
 }
 
-/// The journal backend contract.
+/// The journal backend contract (every backend passes [`contract`]).
 ///
 /// Durability rule: each method returns only once its record is durable, because the
 /// engine performs the AWS mutation right after `intent` returns.
+///
+/// Locks are leases with the same rules in every backend (see [`lease`]): writes to a
+/// run are fenced by its user's lease, and every write renews it. A write by a journal
+/// that no longer holds the lease, or that conflicts with another writer, fails with
+/// [`crate::Error::Locked`], never as corruption.
 pub trait Journal: Send + Sync {
+    /// How long a lease holds without renewal; the engine renews well within it
+    /// (see [`with_heartbeat`]).
+    fn lease_duration(&self) -> Duration {
+        lease::DEFAULT_LEASE
+    }
     /// Take the (account, user) lock for `run_id`. Fails with [`crate::Error::Locked`]
-    /// (exit 2) when a live process holds it, or when an interrupted run of this user
-    /// must be resumed first.
+    /// (exit 2) when a live process holds it, or when an interrupted or incomplete run
+    /// of this user must be resumed first.
     fn lock(
         &self,
         account: &str,
@@ -261,7 +301,25 @@ pub trait Journal: Send + Sync {
         user: &str,
         run_id: &str,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// Take over the lock of interrupted run `run_id` (its process is gone).
+    /// Extend the lease `run_id` holds on (account, user) by the lease duration (the
+    /// heartbeat). [`crate::Error::Locked`] when this journal no longer holds it.
+    fn renew(
+        &self,
+        account: &str,
+        user: &str,
+        run_id: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The current lease of (account, user), if any.
+    fn lease(
+        &self,
+        account: &str,
+        user: &str,
+    ) -> impl Future<Output = Result<Option<Lease>>> + Send;
+    /// Take over run `run_id` and its user's lease (resume, rollback): allowed when the
+    /// lease is not live (its holder is gone on this host, or it expired) or the run is
+    /// incomplete. Fails with [`crate::Error::Locked`] while another holder is live,
+    /// and as [`crate::Error::JournalIo`] when the journal cannot record (so resume
+    /// never creates a key it could not journal).
     fn take_over(&self, run_id: &str) -> impl Future<Output = Result<()>> + Send;
     /// Record a new run (its lock is held).
     fn begin(&self, meta: &RunMeta) -> impl Future<Output = Result<()>> + Send;
@@ -331,6 +389,12 @@ impl Journal for NullJournal {
     async fn lock(&self, _: &str, _: &str, _: &str) -> Result<()> {
         Ok(())
     }
+    async fn renew(&self, _: &str, _: &str, _: &str) -> Result<()> {
+        Ok(())
+    }
+    async fn lease(&self, _: &str, _: &str) -> Result<Option<Lease>> {
+        Ok(None)
+    }
     async fn unlock(&self, _: &str, _: &str, _: &str) -> Result<()> {
         Ok(())
     }
@@ -372,6 +436,35 @@ impl Journal for NullJournal {
     }
 }
 
+/// Run `work` while renewing the (account, user) lease of `run_id` every third of the
+/// lease duration (the heartbeat). If a renewal finds the lease lost (taken over after
+/// a pause longer than the lease), `work` is dropped and the [`crate::Error::Locked`]
+/// returned; other renewal failures are logged and retried at the next beat (the
+/// journal writes `work` makes fail on their own if the journal is really gone).
+pub async fn with_heartbeat<J: Journal, T>(
+    journal: &J,
+    account: &str,
+    user: &str,
+    run_id: &str,
+    work: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let every = (journal.lease_duration() / 3).max(Duration::from_millis(100));
+    let beat = async {
+        loop {
+            tokio::time::sleep(every).await;
+            match journal.renew(account, user, run_id).await {
+                Err(e @ crate::Error::Locked(_)) => return e,
+                Err(e) => tracing::warn!("could not renew the lease of run {run_id}: {e}"),
+                Ok(()) => tracing::debug!("renewed the lease of run {run_id}"),
+            }
+        }
+    };
+    tokio::select! {
+        r = work => r,
+        e = beat => Err(e),
+    }
+}
+
 /// A new run id: the UTC start time to the millisecond, then 64 random bits from the
 /// OS (`20261121T231200.123Z-9f3a1c2b4d5e6f70`). Ids sort by start time and are
 /// readable; thousands started in the same millisecond on many hosts do not collide
@@ -403,34 +496,219 @@ fn run_id_at(t: OffsetDateTime) -> String {
     )
 }
 
+/// Which journal backend (config `journal.backend`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// One SQLite file (the default).
+    Sqlite,
+    /// A DynamoDB table (`journal.table`), secrets sealed with `journal.kms_key`.
+    Dynamodb { table: String },
+}
+
 /// Where the journal lives and how its secrets are sealed (resolved settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalSettings {
     pub path: std::path::PathBuf,
     /// KMS key id/ARN/alias; `None` = the local key file beside the journal.
     pub kms_key: Option<String>,
+    pub backend: Backend,
+    /// How long a lease holds without renewal.
+    pub lease: Duration,
+    /// DynamoDB: how long finished runs are kept (their `ExpiresAt`).
+    pub retention: Duration,
 }
 
+/// The default DynamoDB table name.
+pub const DEFAULT_TABLE: &str = "keyturn-journal";
+
 impl JournalSettings {
-    /// Open the SQLite journal for writing; KMS calls (if any) go through `remote`.
-    pub async fn open(&self, remote: &RemoteConfig) -> Result<sqlite::SqliteJournal> {
-        sqlite::SqliteJournal::open(&self.path, self.sealer(remote).await).await
-    }
-
-    /// Open the journal for reading only (`history`): works on a read-only file or
-    /// mount and on a full disk, and creates nothing.
-    pub async fn open_read_only(&self, remote: &RemoteConfig) -> Result<sqlite::SqliteJournal> {
-        sqlite::SqliteJournal::open_read_only(&self.path, self.sealer(remote).await).await
-    }
-
-    async fn sealer(&self, remote: &RemoteConfig) -> seal::Sealer {
-        match &self.kms_key {
-            Some(key_id) => seal::Sealer::Kms {
-                client: aws_sdk_kms::Client::new(&remote.load().await),
-                key_id: key_id.clone(),
-            },
-            None => seal::Sealer::local_for(&self.path),
+    /// Resolve flags/environment (`path`, `kms_key`) over the settings file.
+    pub fn resolve(
+        path: Option<std::path::PathBuf>,
+        kms_key: Option<String>,
+        file: &crate::config::JournalFile,
+    ) -> Result<Self> {
+        let bad = |m: String| crate::Error::InvalidInput(format!("invalid journal settings: {m}"));
+        let kms_key = kms_key.or_else(|| file.kms_key.clone());
+        let backend = match file.backend.as_deref().unwrap_or("sqlite") {
+            "sqlite" => {
+                if file.table.is_some() {
+                    return Err(bad(
+                        "journal.table applies to backend = \"dynamodb\" only".into()
+                    ));
+                }
+                Backend::Sqlite
+            }
+            "dynamodb" => {
+                if kms_key.is_none() {
+                    return Err(bad("backend = \"dynamodb\" needs journal.kms_key (or --journal-kms-key): its secrets are sealed with a KMS data key".into()));
+                }
+                if path.is_some() || file.path.is_some() {
+                    return Err(bad("--journal / journal.path name an SQLite file, but journal.backend = \"dynamodb\"".into()));
+                }
+                let table = file.table.clone().unwrap_or_else(|| DEFAULT_TABLE.into());
+                let ok = (3..=255).contains(&table.len())
+                    && table
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+                if !ok {
+                    return Err(bad(format!("journal.table {table:?} is not a DynamoDB table name (3-255 of A-Z a-z 0-9 _ - .)")));
+                }
+                Backend::Dynamodb { table }
+            }
+            other => {
+                return Err(bad(format!(
+                    "journal.backend {other:?}: expected \"sqlite\" or \"dynamodb\""
+                )))
+            }
+        };
+        let lease_secs = file.lease_seconds.unwrap_or(lease::DEFAULT_LEASE.as_secs());
+        if !(1..=3600).contains(&lease_secs) {
+            return Err(bad(format!(
+                "journal.lease_seconds = {lease_secs}: expected 1-3600"
+            )));
         }
+        let days = file.retention_days.unwrap_or(365);
+        if !(1..=36500).contains(&days) {
+            return Err(bad(format!(
+                "journal.retention_days = {days}: expected 1-36500"
+            )));
+        }
+        Ok(Self {
+            path: path
+                .or_else(|| file.path.clone())
+                .unwrap_or_else(sqlite::default_path),
+            kms_key,
+            backend,
+            lease: Duration::from_secs(lease_secs),
+            retention: Duration::from_secs(u64::from(days) * 24 * 3600),
+        })
+    }
+
+    /// Open the journal for writing; AWS calls (KMS, DynamoDB) go through `remote`.
+    pub async fn open(&self, remote: &RemoteConfig) -> Result<AnyJournal> {
+        self.open_with(remote, sqlite::Access::ReadWrite).await
+    }
+
+    /// Open the journal for reading only (`history`): SQLite works on a read-only
+    /// file or mount and on a full disk, and creates nothing.
+    pub async fn open_read_only(&self, remote: &RemoteConfig) -> Result<AnyJournal> {
+        self.open_with(remote, sqlite::Access::ReadOnly).await
+    }
+
+    async fn open_with(&self, remote: &RemoteConfig, access: sqlite::Access) -> Result<AnyJournal> {
+        let options = JournalOptions {
+            lease: self.lease,
+            clock: Clock::system(),
+        };
+        match &self.backend {
+            Backend::Sqlite => {
+                let sealer = match &self.kms_key {
+                    Some(key_id) => seal::Sealer::Kms {
+                        client: aws_sdk_kms::Client::new(&remote.load().await),
+                        key_id: key_id.clone(),
+                    },
+                    None => seal::Sealer::local_for(&self.path),
+                };
+                sqlite::SqliteJournal::open_with(&self.path, sealer, access, options)
+                    .await
+                    .map(AnyJournal::Sqlite)
+            }
+            Backend::Dynamodb { table } => {
+                let conf = remote.load().await;
+                let key_id = self.kms_key.clone().unwrap_or_default();
+                let sealer = seal::Sealer::Kms {
+                    client: aws_sdk_kms::Client::new(&conf),
+                    key_id,
+                };
+                dynamodb::DynamoJournal::open(
+                    aws_sdk_dynamodb::Client::new(&conf),
+                    table,
+                    sealer,
+                    options,
+                    self.retention,
+                )
+                .await
+                .map(AnyJournal::Dynamodb)
+            }
+        }
+    }
+}
+
+/// The journal a command runs with: whichever backend the settings chose.
+#[derive(Debug)]
+pub enum AnyJournal {
+    Sqlite(sqlite::SqliteJournal),
+    Dynamodb(dynamodb::DynamoJournal),
+}
+
+macro_rules! each_backend {
+    ($self:ident, $j:ident => $e:expr) => {
+        match $self {
+            AnyJournal::Sqlite($j) => $e,
+            AnyJournal::Dynamodb($j) => $e,
+        }
+    };
+}
+
+impl Journal for AnyJournal {
+    fn lease_duration(&self) -> Duration {
+        each_backend!(self, j => j.lease_duration())
+    }
+    async fn lock(&self, account: &str, user: &str, run_id: &str) -> Result<()> {
+        each_backend!(self, j => j.lock(account, user, run_id).await)
+    }
+    async fn unlock(&self, account: &str, user: &str, run_id: &str) -> Result<()> {
+        each_backend!(self, j => j.unlock(account, user, run_id).await)
+    }
+    async fn renew(&self, account: &str, user: &str, run_id: &str) -> Result<()> {
+        each_backend!(self, j => j.renew(account, user, run_id).await)
+    }
+    async fn lease(&self, account: &str, user: &str) -> Result<Option<Lease>> {
+        each_backend!(self, j => j.lease(account, user).await)
+    }
+    async fn take_over(&self, run_id: &str) -> Result<()> {
+        each_backend!(self, j => j.take_over(run_id).await)
+    }
+    async fn begin(&self, meta: &RunMeta) -> Result<()> {
+        each_backend!(self, j => j.begin(meta).await)
+    }
+    async fn intent(&self, run_id: &str, idx: usize, step: &Step) -> Result<()> {
+        each_backend!(self, j => j.intent(run_id, idx, step).await)
+    }
+    async fn done(
+        &self,
+        run_id: &str,
+        idx: usize,
+        step: &Step,
+        ok: bool,
+        detail: &str,
+    ) -> Result<()> {
+        each_backend!(self, j => j.done(run_id, idx, step, ok, detail).await)
+    }
+    async fn reserve_secret(&self, run_id: &str, idx: usize) -> Result<()> {
+        each_backend!(self, j => j.reserve_secret(run_id, idx).await)
+    }
+    async fn key_created(&self, run_id: &str, idx: usize, key: &NewKey) -> Result<()> {
+        each_backend!(self, j => j.key_created(run_id, idx, key).await)
+    }
+    async fn delivered(&self, run_id: &str) -> Result<()> {
+        each_backend!(self, j => j.delivered(run_id).await)
+    }
+    async fn finish(&self, run_id: &str, status: RunStatus, error: Option<&str>) -> Result<()> {
+        each_backend!(self, j => j.finish(run_id, status, error).await)
+    }
+    async fn note(&self, run_id: &str, step: &str, ok: bool, detail: &str) -> Result<()> {
+        each_backend!(self, j => j.note(run_id, step, ok, detail).await)
+    }
+    async fn runs(&self, user: Option<&str>) -> Result<Vec<RunRecord>> {
+        each_backend!(self, j => j.runs(user).await)
+    }
+    async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
+        each_backend!(self, j => j.run(run_id).await)
+    }
+    async fn secret(&self, run_id: &str) -> Result<Option<SecretKey>> {
+        each_backend!(self, j => j.secret(run_id).await)
     }
 }
 
@@ -452,6 +730,148 @@ mod tests {
         let later = run_id_at(t + time::Duration::milliseconds(1));
         assert!(seen.iter().all(|a| a.as_str() < later.as_str()));
         assert!(new_run_id() > id);
+    }
+
+    /// Counts renewals; fails them once `lost` is set.
+    #[derive(Default)]
+    struct Beats {
+        renewals: std::sync::atomic::AtomicU32,
+        lost: std::sync::atomic::AtomicBool,
+    }
+
+    impl Journal for Beats {
+        fn lease_duration(&self) -> Duration {
+            Duration::from_secs(30)
+        }
+        async fn renew(&self, _: &str, _: &str, run: &str) -> Result<()> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.renewals.fetch_add(1, SeqCst);
+            if self.lost.load(SeqCst) {
+                return Err(crate::Error::Locked(format!("run {run}: lost")));
+            }
+            Ok(())
+        }
+        async fn lock(&self, _: &str, _: &str, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn unlock(&self, _: &str, _: &str, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn lease(&self, _: &str, _: &str) -> Result<Option<Lease>> {
+            Ok(None)
+        }
+        async fn take_over(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn begin(&self, _: &RunMeta) -> Result<()> {
+            Ok(())
+        }
+        async fn intent(&self, _: &str, _: usize, _: &Step) -> Result<()> {
+            Ok(())
+        }
+        async fn done(&self, _: &str, _: usize, _: &Step, _: bool, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn reserve_secret(&self, _: &str, _: usize) -> Result<()> {
+            Ok(())
+        }
+        async fn key_created(&self, _: &str, _: usize, _: &NewKey) -> Result<()> {
+            Ok(())
+        }
+        async fn delivered(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn finish(&self, _: &str, _: RunStatus, _: Option<&str>) -> Result<()> {
+            Ok(())
+        }
+        async fn note(&self, _: &str, _: &str, _: bool, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn runs(&self, _: Option<&str>) -> Result<Vec<RunRecord>> {
+            Ok(vec![])
+        }
+        async fn run(&self, _: &str) -> Result<Option<RunRecord>> {
+            Ok(None)
+        }
+        async fn secret(&self, _: &str) -> Result<Option<SecretKey>> {
+            Ok(None)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_heartbeat_renews_every_third_of_the_lease_and_stops_lost_work() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let j = Beats::default();
+        // 95 s of work with a 30 s lease: renewed at 10, 20, ..., 90 s.
+        let v = with_heartbeat(&j, "a", "u", "r", async {
+            tokio::time::sleep(Duration::from_secs(95)).await;
+            Ok(7)
+        })
+        .await
+        .unwrap();
+        assert_eq!(v, 7);
+        assert_eq!(j.renewals.load(SeqCst), 9);
+        // A lost lease stops the work at the next beat.
+        j.lost.store(true, SeqCst);
+        let finished = std::sync::atomic::AtomicBool::new(false);
+        let e = with_heartbeat(&j, "a", "u", "r", async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            finished.store(true, SeqCst);
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(e, crate::Error::Locked(_)), "{e:?}");
+        assert!(!finished.load(SeqCst), "the work was dropped");
+    }
+
+    #[test]
+    fn settings_resolve_backends_and_refuse_bad_combinations() {
+        use crate::config::JournalFile;
+        let file = |t: &str| crate::config::FileConfig::parse(t).unwrap().journal;
+        let s = JournalSettings::resolve(None, None, &JournalFile::default()).unwrap();
+        assert_eq!(s.backend, Backend::Sqlite);
+        assert_eq!(s.lease, lease::DEFAULT_LEASE);
+        let d = JournalSettings::resolve(
+            None,
+            None,
+            &file("[journal]\nbackend = \"dynamodb\"\nkms_key = \"alias/k\"\nlease_seconds = 30\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            d.backend,
+            Backend::Dynamodb {
+                table: DEFAULT_TABLE.into()
+            }
+        );
+        assert_eq!(d.lease, Duration::from_secs(30));
+        for (text, needle) in [
+            (
+                "[journal]\nbackend = \"dynamodb\"\n",
+                "needs journal.kms_key",
+            ),
+            (
+                "[journal]\nbackend = \"redis\"\n",
+                "expected \"sqlite\" or \"dynamodb\"",
+            ),
+            ("[journal]\ntable = \"t\"\n", "dynamodb\" only"),
+            ("[journal]\nlease_seconds = 0\n", "1-3600"),
+            (
+                "[journal]\nbackend = \"dynamodb\"\nkms_key = \"k\"\ntable = \"a b\"\n",
+                "not a DynamoDB table name",
+            ),
+            (
+                "[journal]\nbackend = \"dynamodb\"\nkms_key = \"k\"\npath = \"/j\"\n",
+                "SQLite file",
+            ),
+        ] {
+            let e = JournalSettings::resolve(None, None, &file(text)).unwrap_err();
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+            assert_eq!(e.exit_code(), crate::error::exit::GUARD);
+        }
+        // The flag supplies the KMS key.
+        let f = file("[journal]\nbackend = \"dynamodb\"\ntable = \"tbl\"\n");
+        assert!(JournalSettings::resolve(None, Some("alias/k".into()), &f).is_ok());
     }
 
     #[test]

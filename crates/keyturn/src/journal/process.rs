@@ -1,6 +1,6 @@
-//! Who holds a lock: process id, host, and (on Linux) the process start time, so a
-//! lock left by a process that is gone (or whose pid was reused) can be told apart
-//! from one held by a live keyturn.
+//! Who holds a lease: process id, host, and (on Linux) the process start time, so a
+//! lease left by a process that is gone (or whose pid was reused) on this host can be
+//! taken over at once, without waiting for it to expire (see [`super::lease`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -22,8 +22,8 @@ impl ProcessId {
         }
     }
 
-    /// Whether this process still runs. Unknown (another host) counts as alive: the
-    /// lock is then only taken over by an explicit `resume` on that host.
+    /// Whether this process still runs. Unknown (another host) counts as alive: its
+    /// lease is then only taken over once it expired.
     pub fn is_alive(&self) -> bool {
         if self.host != hostname() {
             return true;

@@ -13,9 +13,10 @@
 //! [`Error::Journal`] (exit 2). Files are checked before SQLite opens them (see
 //! [`super::perms`]) and created 0600.
 
+use super::lease::{self, Clock, Holder, Lease};
 use super::perms::{self, with_suffix};
 use super::seal::{self, DataKey, Sealed, Sealer};
-use super::{Journal, RunMeta, RunRecord, RunStatus, StepPhase, StepRecord};
+use super::{Journal, JournalOptions, RunMeta, RunRecord, RunStatus, StepPhase, StepRecord};
 use crate::aws::NewKey;
 use crate::error::{Error, JournalIoKind, Result};
 use crate::plan::Step;
@@ -27,8 +28,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-
-use super::process::ProcessId;
 
 /// "KTRN": marks a keyturn journal.
 pub const APPLICATION_ID: i32 = 0x4b54_524e;
@@ -79,6 +78,12 @@ CREATE TABLE locks (
 ALTER TABLE runs ADD COLUMN reserved BLOB;
 CREATE TABLE pad (b BLOB);
 "#,
+    // 3: locks become leases. Rows of an older keyturn never expire (their holder's
+    // pid decides, as it did).
+    r#"
+ALTER TABLE locks ADD COLUMN expires TEXT NOT NULL DEFAULT '9999-12-31T23:59:59Z';
+ALTER TABLE locks ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+"#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -108,7 +113,9 @@ pub struct SqliteJournal {
     thread: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
     sealer: Sealer,
-    me: ProcessId,
+    me: Holder,
+    lease: std::time::Duration,
+    clock: Clock,
     /// Data keys fetched by `reserve_secret`, by run id.
     reserved: Mutex<HashMap<String, DataKey>>,
 }
@@ -427,13 +434,21 @@ impl Worker {
     /// written and freed again (the WAL keeps its size and the database keeps the
     /// freed pages); then a RESTART checkpoint makes the next writes reuse the WAL
     /// from its start. Part of the same write as the create-key intent, when given.
-    fn reserve(&mut self, run_id: &str, intent: Option<(usize, &Step)>) -> Result<()> {
+    fn reserve(
+        &mut self,
+        run_id: &str,
+        intent: Option<(usize, &Step)>,
+        fence: impl FnOnce(&Connection) -> rusqlite::Result<std::result::Result<(), String>>,
+    ) -> Result<std::result::Result<(), String>> {
         if self.key_file.is_some() {
             self.local_key(true)?;
         }
         let op = "reserving room for the new key's secret";
-        self.write(op, |c| {
+        let fenced = self.write(op, |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Err(msg) = fence(&tx)? {
+                return Ok(Err(msg));
+            }
             if let Some((idx, step)) = intent {
                 insert_step(
                     &tx,
@@ -453,8 +468,12 @@ impl Worker {
                 "INSERT INTO pad (b) VALUES (zeroblob(?1))",
                 [RESERVED_PAD_BYTES],
             )?;
-            tx.commit()
+            tx.commit()?;
+            Ok(Ok(()))
         })?;
+        if fenced.is_err() {
+            return Ok(fenced);
+        }
         self.conn
             .execute("DELETE FROM pad", [])
             .map_err(|e| classify(&self.path, op, e))?;
@@ -466,7 +485,7 @@ impl Worker {
         if crate::failpoint::arg("journal-full-after-reserve").is_some() {
             self.freeze_size();
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Failpoint `journal-full-after-reserve`: from now on no file of this process may
@@ -615,31 +634,48 @@ fn insert_step(
     Ok(())
 }
 
-/// The lock row of (account, user): (run id, holder JSON, since).
-fn lock_row(
-    c: &Connection,
-    account: &str,
-    user: &str,
-) -> rusqlite::Result<Option<(String, String, String)>> {
+/// The lease of (account, user).
+fn read_lease(c: &Connection, account: &str, user: &str) -> rusqlite::Result<Option<Lease>> {
     c.query_row(
-        "SELECT run_id, holder, since FROM locks WHERE account = ?1 AND user_name = ?2",
+        "SELECT run_id, holder, since, expires, version FROM locks WHERE account = ?1 AND user_name = ?2",
         [account, user],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        |r| {
+            Ok(Lease {
+                account: account.to_string(),
+                user: user.to_string(),
+                run_id: r.get(0)?,
+                holder: Holder::parse(&r.get::<_, String>(1)?),
+                since: parse_time(&r.get::<_, String>(2)?),
+                expires: parse_time(&r.get::<_, String>(3)?),
+                version: r.get::<_, i64>(4)? as u64,
+            })
+        },
     )
     .optional()
 }
 
-/// Make `run_id` (held by `holder`) the owner of the (account, user) lock.
-fn put_lock(
-    c: &Connection,
-    account: &str,
-    user: &str,
-    run_id: &str,
-    holder: &str,
-) -> rusqlite::Result<()> {
+/// A lease to write: `run_id` held by `me` from `now` for `lease`, at `version`.
+struct Grant<'a> {
+    run_id: &'a str,
+    me: &'a Holder,
+    now: OffsetDateTime,
+    lease: std::time::Duration,
+    version: u64,
+}
+
+/// Give the (account, user) lease as `g` says.
+fn put_lease(c: &Connection, account: &str, user: &str, g: Grant<'_>) -> rusqlite::Result<()> {
     c.execute(
-        "INSERT OR REPLACE INTO locks (account, user_name, run_id, holder, since) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![account, user, run_id, holder, now()],
+        "INSERT OR REPLACE INTO locks (account, user_name, run_id, holder, since, expires, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            account,
+            user,
+            g.run_id,
+            g.me.to_json(),
+            fmt_time(g.now),
+            fmt_time(g.now + g.lease),
+            g.version as i64
+        ],
     )
     .map(|_| ())
 }
@@ -654,43 +690,53 @@ fn run_status(c: &Connection, run_id: &str) -> rusqlite::Result<Option<RunStatus
     )
 }
 
-/// Decide whether the lock row (run, holder, since) blocks a new run.
-fn check_holder(
+fn run_user(c: &Connection, run_id: &str) -> rusqlite::Result<Option<(String, String)>> {
+    c.query_row(
+        "SELECT account, user_name FROM runs WHERE run_id = ?1",
+        [run_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+}
+
+/// The fence of every write to run `run_id`: this journal must hold the lease of the
+/// run's user. Renews the lease. `Err` says who holds it instead.
+fn fence(
     c: &Connection,
-    account: &str,
-    user: &str,
-    held_by: &str,
-    holder: &str,
-    since: &str,
+    run_id: &str,
+    me: &Holder,
+    now: OffsetDateTime,
+    lease: std::time::Duration,
 ) -> rusqlite::Result<std::result::Result<(), String>> {
-    let holder: ProcessId = serde_json::from_str(holder).unwrap_or(ProcessId {
-        pid: 0,
-        host: "unknown".into(),
-        start: None,
-    });
-    let status = run_status(c, held_by)?;
-    if status == Some(RunStatus::Incomplete) {
-        return Ok(Err(format!(
-            "run {held_by} of user {user} (account {account}) stopped with work left (incomplete); finish it first with `keyturn resume {held_by}`"
-        )));
+    let Some((account, user)) = run_user(c, run_id)? else {
+        return Ok(Err(format!("no run {run_id} in the journal")));
+    };
+    match read_lease(c, &account, &user)? {
+        Some(l) if l.held_by(me) => {
+            c.execute(
+                "UPDATE locks SET expires = ?3, version = version + 1 WHERE account = ?1 AND user_name = ?2",
+                params![account, user, fmt_time(now + lease)],
+            )?;
+            Ok(Ok(()))
+        }
+        Some(l) => Ok(Err(lost(run_id, &user, Some(&l)))),
+        None => Ok(Err(lost(run_id, &user, None))),
     }
-    if holder.is_alive() {
-        return Ok(Err(format!(
-            "user {user} (account {account}) is being rotated by run {held_by} (pid {} on {}, since {since}); wait for it to finish",
-            holder.pid, holder.host
-        )));
-    }
-    if status == Some(RunStatus::Running) {
-        return Ok(Err(format!(
-            "run {held_by} of user {user} (account {account}) was interrupted (pid {} is gone); finish it first with `keyturn resume {held_by}`",
-            holder.pid
-        )));
-    }
-    tracing::info!(
-        "taking over the lock of finished run {held_by} (pid {} is gone)",
-        holder.pid
-    );
-    Ok(Ok(()))
+}
+
+/// "This process no longer holds the lease" (it was taken over, or released).
+pub(crate) fn lost(run_id: &str, user: &str, now_held: Option<&Lease>) -> String {
+    let by = match now_held {
+        Some(l) => format!(
+            "it is held by run {} ({}) now",
+            l.run_id,
+            l.holder.describe()
+        ),
+        None => "nobody holds it now".to_string(),
+    };
+    format!(
+        "run {run_id}: this process no longer holds the lease of user {user} ({by}); another process took the run over, so this one stops here"
+    )
 }
 
 struct RunRow {
@@ -776,15 +822,20 @@ impl SqliteJournal {
     /// planted is refused without being modified (exit 2); a journal that cannot be
     /// written (read-only, full) is a [`Error::JournalIo`] (exit 1).
     pub async fn open(path: &Path, sealer: Sealer) -> Result<Self> {
-        Self::open_with(path, sealer, Access::ReadWrite).await
+        Self::open_with(path, sealer, Access::ReadWrite, JournalOptions::default()).await
     }
 
     /// Open the journal for reading only (`history`).
     pub async fn open_read_only(path: &Path, sealer: Sealer) -> Result<Self> {
-        Self::open_with(path, sealer, Access::ReadOnly).await
+        Self::open_with(path, sealer, Access::ReadOnly, JournalOptions::default()).await
     }
 
-    pub async fn open_with(path: &Path, sealer: Sealer, access: Access) -> Result<Self> {
+    pub async fn open_with(
+        path: &Path,
+        sealer: Sealer,
+        access: Access,
+        options: JournalOptions,
+    ) -> Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let p = path.to_path_buf();
@@ -808,7 +859,9 @@ impl SqliteJournal {
             thread: Some(thread),
             path: path.to_path_buf(),
             sealer,
-            me: ProcessId::current(),
+            me: Holder::current(),
+            lease: options.lease,
+            clock: options.clock,
             reserved: Mutex::new(HashMap::new()),
         };
         let opened = ready_rx.await.unwrap_or_else(|_| {
@@ -828,6 +881,11 @@ impl SqliteJournal {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Who this journal writes as.
+    pub fn holder(&self) -> &Holder {
+        &self.me
     }
 
     /// Run `f` on the journal thread and await its result.
@@ -850,8 +908,32 @@ impl SqliteJournal {
         rx.await.map_err(|_| gone())?
     }
 
-    fn holder_json(&self) -> String {
-        serde_json::to_string(&self.me).expect("serialize process id")
+    /// A fenced write to run `run_id` on the journal thread (see [`fence`]).
+    async fn run_write<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        run_id: &str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (me, clock, lease, run_id) = (
+            self.me.clone(),
+            self.clock.clone(),
+            self.lease,
+            run_id.to_string(),
+        );
+        self.call(move |w| {
+            w.write(op, |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                if let Err(msg) = fence(&tx, &run_id, &me, clock.now(), lease)? {
+                    return Ok(Err(msg));
+                }
+                let v = f(&tx)?;
+                tx.commit()?;
+                Ok(Ok(v))
+            })
+        })
+        .await?
+        .map_err(Error::Locked)
     }
 
     /// Record an event of plan step `idx`.
@@ -863,7 +945,7 @@ impl SqliteJournal {
         phase: StepPhase,
         detail: &str,
     ) -> Result<()> {
-        let (run_id, name, key_id, detail) = (
+        let (id, name, key_id, detail) = (
             run_id.to_string(),
             step.name(),
             step.key_id().map(str::to_string),
@@ -873,18 +955,8 @@ impl SqliteJournal {
             StepPhase::Intent => "recording the intent of a step",
             _ => "recording the result of a step",
         };
-        self.call(move |w| {
-            w.write(op, |c| {
-                insert_step(
-                    c,
-                    &run_id,
-                    Some(idx),
-                    name,
-                    key_id.as_deref(),
-                    phase,
-                    &detail,
-                )
-            })
+        self.run_write(op, run_id, move |c| {
+            insert_step(c, &id, Some(idx), name, key_id.as_deref(), phase, &detail)
         })
         .await
     }
@@ -915,99 +987,177 @@ impl SqliteJournal {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(run_id.to_string(), k);
         }
-        let run_id = run_id.to_string();
-        self.call(move |w| w.reserve(&run_id, intent.as_ref().map(|(i, s)| (*i, s))))
-            .await
+        let (run_id, me, clock, lease) = (
+            run_id.to_string(),
+            self.me.clone(),
+            self.clock.clone(),
+            self.lease,
+        );
+        self.call(move |w| {
+            w.reserve(
+                &run_id,
+                intent.as_ref().map(|(i, s)| (*i, s)),
+                |c: &Connection| fence(c, &run_id, &me, clock.now(), lease),
+            )
+        })
+        .await?
+        .map_err(Error::Locked)
     }
 }
 
 impl Journal for SqliteJournal {
+    fn lease_duration(&self) -> std::time::Duration {
+        self.lease
+    }
+
     async fn lock(&self, account: &str, user: &str, run_id: &str) -> Result<()> {
-        let holder = self.holder_json();
+        let (me, clock, lease) = (self.me.clone(), self.clock.clone(), self.lease);
         let (account, user, run_id) = (account.to_string(), user.to_string(), run_id.to_string());
-        let blocked = self
-            .call(move |w| {
-                w.write("taking the lock", |c| {
-                    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    if let Some((held_by, h, since)) = lock_row(&tx, &account, &user)? {
-                        if let Err(msg) = check_holder(&tx, &account, &user, &held_by, &h, &since)?
-                        {
-                            return Ok(Some(msg));
-                        }
+        self.call(move |w| {
+            w.write("taking the lock", |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = clock.now();
+                let mut version = 1;
+                if let Some(l) = read_lease(&tx, &account, &user)? {
+                    let status = run_status(&tx, &l.run_id)?;
+                    if let Err(msg) = lease::for_new_run(&l, status, &me, now) {
+                        return Ok(Err(msg));
                     }
-                    put_lock(&tx, &account, &user, &run_id, &holder)?;
-                    tx.commit()?;
-                    Ok(None)
-                })
+                    tracing::info!(
+                        "taking over the lease of ended run {} ({})",
+                        l.run_id,
+                        l.holder.describe()
+                    );
+                    version = l.version + 1;
+                }
+                put_lease(
+                    &tx,
+                    &account,
+                    &user,
+                    Grant {
+                        run_id: &run_id,
+                        me: &me,
+                        now,
+                        lease,
+                        version,
+                    },
+                )?;
+                tx.commit()?;
+                Ok(Ok(()))
             })
-            .await?;
-        blocked.map_or(Ok(()), |msg| Err(Error::Locked(msg)))
+        })
+        .await?
+        .map_err(Error::Locked)
     }
 
     async fn unlock(&self, account: &str, user: &str, run_id: &str) -> Result<()> {
+        let me = self.me.clone();
         let (account, user, run_id) = (account.to_string(), user.to_string(), run_id.to_string());
         self.call(move |w| {
             w.write("releasing the lock", |c| {
-                c.execute(
-                    "DELETE FROM locks WHERE account = ?1 AND user_name = ?2 AND run_id = ?3",
-                    [&account, &user, &run_id],
-                )
-                .map(|_| ())
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                if read_lease(&tx, &account, &user)?
+                    .is_some_and(|l| l.run_id == run_id && l.held_by(&me))
+                {
+                    tx.execute(
+                        "DELETE FROM locks WHERE account = ?1 AND user_name = ?2",
+                        [&account, &user],
+                    )?;
+                }
+                tx.commit()
             })
         })
         .await
     }
 
-    async fn take_over(&self, run_id: &str) -> Result<()> {
-        let holder = self.holder_json();
-        let me = self.me.clone();
-        let run_id = run_id.to_string();
-        let blocked = self
-            .call(move |w| {
-                w.write("taking over the run", |c| {
-                    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    let Some((account, user, status)): Option<(String, String, String)> = tx
-                        .query_row(
-                            "SELECT account, user_name, status FROM runs WHERE run_id = ?1",
-                            [&run_id],
-                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                        )
-                        .optional()?
-                    else {
-                        return Ok(Some(format!("no run {run_id} in the journal")));
-                    };
-                    let incomplete = status == RunStatus::Incomplete.as_str();
-                    if let Some((held_by, h, since)) = lock_row(&tx, &account, &user)? {
-                        let p: Option<ProcessId> = serde_json::from_str(&h).ok();
-                        let alive = p.as_ref().is_some_and(|p| p.is_alive() && *p != me);
-                        if alive && !incomplete {
-                            let p = p.expect("checked");
-                            return Ok(Some(format!(
-                                "run {held_by} of user {user} is still running (pid {} on {}, since {since}); wait for it",
-                                p.pid, p.host
-                            )));
-                        }
+    async fn renew(&self, account: &str, user: &str, run_id: &str) -> Result<()> {
+        let (me, clock, lease) = (self.me.clone(), self.clock.clone(), self.lease);
+        let (account, user, run_id) = (account.to_string(), user.to_string(), run_id.to_string());
+        self.call(move |w| {
+            w.write("renewing the lease", |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let l = read_lease(&tx, &account, &user)?;
+                match &l {
+                    Some(l) if l.run_id == run_id && l.held_by(&me) => {
+                        tx.execute(
+                            "UPDATE locks SET expires = ?3, version = version + 1 WHERE account = ?1 AND user_name = ?2",
+                            params![account, user, fmt_time(clock.now() + lease)],
+                        )?;
+                        tx.commit()?;
+                        Ok(Ok(()))
                     }
-                    put_lock(&tx, &account, &user, &run_id, &holder)?;
-                    tx.execute(
-                        "UPDATE runs SET pid = ?2, host = ?3 WHERE run_id = ?1",
-                        params![run_id, me.pid, me.host],
-                    )?;
-                    insert_step(
-                        &tx,
-                        &run_id,
-                        None,
-                        "resume",
-                        None,
-                        StepPhase::Note,
-                        &format!("resumed by pid {}", me.pid),
-                    )?;
-                    tx.commit()?;
-                    Ok(None)
-                })
+                    other => Ok(Err(lost(&run_id, &user, other.as_ref()))),
+                }
             })
-            .await?;
-        blocked.map_or(Ok(()), |msg| Err(Error::Locked(msg)))
+        })
+        .await?
+        .map_err(Error::Locked)
+    }
+
+    async fn lease(&self, account: &str, user: &str) -> Result<Option<Lease>> {
+        let (account, user) = (account.to_string(), user.to_string());
+        self.call(move |w| w.read("reading the lease", |c| read_lease(c, &account, &user)))
+            .await
+    }
+
+    async fn take_over(&self, run_id: &str) -> Result<()> {
+        let (me, clock, lease) = (self.me.clone(), self.clock.clone(), self.lease);
+        let run_id = run_id.to_string();
+        self.call(move |w| {
+            w.write("taking over the run", |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = clock.now();
+                let (Some((account, user)), Some(status)) =
+                    (run_user(&tx, &run_id)?, run_status(&tx, &run_id)?)
+                else {
+                    return Ok(Err(format!("no run {run_id} in the journal")));
+                };
+                let current = read_lease(&tx, &account, &user)?;
+                let other_status = match &current {
+                    Some(l) if l.run_id != run_id => run_status(&tx, &l.run_id)?,
+                    _ => None,
+                };
+                if let Err(msg) =
+                    lease::for_take_over(current.as_ref(), other_status, &run_id, status, &me, now)
+                {
+                    return Ok(Err(msg));
+                }
+                let version = current.as_ref().map_or(1, |l| l.version + 1);
+                put_lease(
+                    &tx,
+                    &account,
+                    &user,
+                    Grant {
+                        run_id: &run_id,
+                        me: &me,
+                        now,
+                        lease,
+                        version,
+                    },
+                )?;
+                tx.execute(
+                    "UPDATE runs SET pid = ?2, host = ?3 WHERE run_id = ?1",
+                    params![run_id, me.process.pid, me.process.host],
+                )?;
+                let from = current
+                    .filter(|l| !l.held_by(&me))
+                    .map(|l| format!(" from {}", l.holder.describe()))
+                    .unwrap_or_default();
+                insert_step(
+                    &tx,
+                    &run_id,
+                    None,
+                    "take-over",
+                    None,
+                    StepPhase::Note,
+                    &format!("taken over by {}{from}", me.describe()),
+                )?;
+                tx.commit()?;
+                Ok(Ok(()))
+            })
+        })
+        .await?
+        .map_err(Error::Locked)
     }
 
     async fn begin(&self, meta: &RunMeta) -> Result<()> {
@@ -1021,14 +1171,24 @@ impl Journal for SqliteJournal {
         );
         self.call(move |w| {
             w.write("recording the run", |c| {
-                c.execute(
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                match read_lease(&tx, &account, &user)? {
+                    Some(l) if l.run_id == run_id && l.held_by(&me) => {}
+                    other => return Ok(Err(lost(&run_id, &user, other.as_ref()))),
+                }
+                if run_status(&tx, &run_id)?.is_some() {
+                    return Ok(Err(format!("run {run_id} is already in the journal")));
+                }
+                tx.execute(
                     "INSERT INTO runs (run_id, account, user_name, status, meta, started_at, pid, host) VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7)",
-                    params![run_id, account, user, json, started, me.pid, me.host],
-                )
-                .map(|_| ())
+                    params![run_id, account, user, json, started, me.process.pid, me.process.host],
+                )?;
+                tx.commit()?;
+                Ok(Ok(()))
             })
         })
-        .await?;
+        .await?
+        .map_err(Error::Locked)?;
         crate::failpoint::hit("begin");
         Ok(())
     }
@@ -1070,64 +1230,61 @@ impl Journal for SqliteJournal {
         )?;
         drop(dk);
         let created = fmt_time(key.create_date);
-        let (run_id, key_id) = (run_id.to_string(), key.access_key_id.clone());
-        self.call(move |w| {
-            w.write("recording the new key", |c| {
-                let tx = c.transaction()?;
-                tx.execute(
-                    "UPDATE runs SET new_key_id = ?2, new_key_created = ?3, sealed_scheme = ?4, sealed_secret = ?5, sealed_data_key = ?6, reserved = NULL WHERE run_id = ?1",
-                    params![run_id, key_id, created, sealed.scheme, sealed.blob, sealed.wrapped_key],
-                )?;
-                insert_step(
-                    &tx,
-                    &run_id,
-                    Some(idx),
-                    "create-key",
-                    Some(&key_id),
-                    StepPhase::Done,
-                    &format!("created {key_id} (secret sealed in the journal, {})", sealed.scheme),
-                )?;
-                tx.commit()
-            })
+        let (id, key_id) = (run_id.to_string(), key.access_key_id.clone());
+        self.run_write("recording the new key", run_id, move |c| {
+            c.execute(
+                "UPDATE runs SET new_key_id = ?2, new_key_created = ?3, sealed_scheme = ?4, sealed_secret = ?5, sealed_data_key = ?6, reserved = NULL WHERE run_id = ?1",
+                params![id, key_id, created, sealed.scheme, sealed.blob, sealed.wrapped_key],
+            )?;
+            insert_step(
+                c,
+                &id,
+                Some(idx),
+                "create-key",
+                Some(&key_id),
+                StepPhase::Done,
+                &format!("created {key_id} (secret sealed in the journal, {})", sealed.scheme),
+            )
         })
         .await
     }
 
     async fn delivered(&self, run_id: &str) -> Result<()> {
-        let run_id = run_id.to_string();
-        self.call(move |w| {
-            w.write("erasing the delivered secret", |c| {
-                let tx = c.transaction()?;
-                tx.execute(
-                    "UPDATE runs SET sealed_scheme = NULL, sealed_secret = NULL, sealed_data_key = NULL, reserved = NULL WHERE run_id = ?1",
-                    [&run_id],
-                )?;
-                insert_step(&tx, &run_id, None, "deliver", None, StepPhase::Note, "every output has the new key; sealed secret erased")?;
-                tx.commit()
-            })
+        let id = run_id.to_string();
+        self.run_write("erasing the delivered secret", run_id, move |c| {
+            c.execute(
+                "UPDATE runs SET sealed_scheme = NULL, sealed_secret = NULL, sealed_data_key = NULL, reserved = NULL WHERE run_id = ?1",
+                [&id],
+            )?;
+            insert_step(c, &id, None, "deliver", None, StepPhase::Note, "every output has the new key; sealed secret erased")
         })
         .await
     }
 
     async fn finish(&self, run_id: &str, status: RunStatus, error: Option<&str>) -> Result<()> {
-        let (run_id, error) = (run_id.to_string(), error.map(str::to_string));
+        let (id, error) = (run_id.to_string(), error.map(str::to_string));
         self.reserved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&run_id);
-        self.call(move |w| {
-            w.write("recording the end of the run", |c| {
-                let tx = c.transaction()?;
-                tx.execute(
-                    "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4, reserved = NULL WHERE run_id = ?1",
-                    params![run_id, status.as_str(), now(), error],
+            .remove(run_id);
+        let clock = self.clock.clone();
+        self.run_write("recording the end of the run", run_id, move |c| {
+            let now = clock.now();
+            c.execute(
+                "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4, reserved = NULL WHERE run_id = ?1",
+                params![id, status.as_str(), fmt_time(now), error],
+            )?;
+            if status == RunStatus::Incomplete {
+                // An incomplete run keeps its user's lock (`resume` takes it over at
+                // once), with its lease released.
+                c.execute(
+                    "UPDATE locks SET expires = ?2, version = version + 1 WHERE run_id = ?1",
+                    params![id, fmt_time(now)],
                 )?;
-                // An incomplete run keeps its user's lock: `resume` finishes it.
-                if status != RunStatus::Incomplete {
-                    tx.execute("DELETE FROM locks WHERE run_id = ?1", [&run_id])?;
-                }
-                tx.commit()
-            })
+            } else {
+                c.execute("DELETE FROM locks WHERE run_id = ?1", [&id])?;
+            }
+            Ok(())
         })
         .await
     }
@@ -1138,11 +1295,9 @@ impl Journal for SqliteJournal {
         } else {
             format!("FAILED: {detail}")
         };
-        let (run_id, step) = (run_id.to_string(), step.to_string());
-        self.call(move |w| {
-            w.write("recording an event", |c| {
-                insert_step(c, &run_id, None, &step, None, StepPhase::Note, &detail)
-            })
+        let (id, step) = (run_id.to_string(), step.to_string());
+        self.run_write("recording an event", run_id, move |c| {
+            insert_step(c, &id, None, &step, None, StepPhase::Note, &detail)
         })
         .await
     }
@@ -1356,6 +1511,64 @@ mod tests {
         );
     }
 
+    struct SqliteOpener(PathBuf);
+
+    impl crate::journal::contract::Opener for SqliteOpener {
+        type J = SqliteJournal;
+        async fn open(&self, clock: Clock) -> SqliteJournal {
+            let options = JournalOptions {
+                lease: crate::journal::contract::LEASE,
+                clock,
+            };
+            SqliteJournal::open_with(
+                &self.0,
+                Sealer::local_for(&self.0),
+                Access::ReadWrite,
+                options,
+            )
+            .await
+            .unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_journal_passes_the_contract() {
+        let tmp = tempfile::tempdir().unwrap();
+        crate::journal::contract::run_all(&SqliteOpener(tmp.path().join("journal.sqlite"))).await;
+    }
+
+    /// A holder on this host whose process is gone is taken over at once, before its
+    /// lease expires (the fast local path).
+    #[tokio::test]
+    async fn a_dead_local_holder_is_taken_over_before_its_lease_expires() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = open(tmp.path()).await;
+        let m = meta("r1", "alice");
+        j.lock(&m.account, "alice", "r1").await.unwrap();
+        j.begin(&m).await.unwrap();
+        let other = open(tmp.path()).await;
+        let e = other.take_over("r1").await.unwrap_err();
+        assert!(e.to_string().contains("still running"), "{e}");
+        raw(tmp.path())
+            .execute(
+                "UPDATE locks SET holder = ?1 WHERE run_id = 'r1'",
+                [dead_holder()],
+            )
+            .unwrap();
+        let l = other.lease(&m.account, "alice").await.unwrap().unwrap();
+        assert!(
+            l.expires > OffsetDateTime::now_utc(),
+            "the lease has not expired"
+        );
+        other.take_over("r1").await.unwrap();
+        // The first journal lost the run.
+        let e = j
+            .done("r1", 0, &m.plan.steps[0], true, "x")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Locked(_)), "{e:?}");
+    }
+
     /// A second connection to the same file, for tests that play another process.
     fn raw(dir: &Path) -> Connection {
         Connection::open(dir.join("journal.sqlite")).unwrap()
@@ -1365,9 +1578,9 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        serde_json::to_string(&ProcessId {
+        serde_json::to_string(&crate::journal::process::ProcessId {
             pid,
-            host: ProcessId::current().host,
+            host: crate::journal::process::ProcessId::current().host,
             start: Some(1),
         })
         .unwrap()
@@ -1409,7 +1622,7 @@ mod tests {
         assert!(interrupted.to_string().contains("keyturn resume r1"));
         j.take_over("r1").await.unwrap();
         let rec = j.run("r1").await.unwrap().unwrap();
-        assert!(rec.steps.iter().any(|s| s.step == "resume"));
+        assert!(rec.steps.iter().any(|s| s.step == "take-over"));
 
         // Incomplete: stopped with work left; it keeps the lock even though its
         // process ended, and take_over works for it.
@@ -1528,9 +1741,14 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
             let before = std::fs::read(&path).unwrap();
             for access in [Access::ReadWrite, Access::ReadOnly] {
-                let e = SqliteJournal::open_with(&path, Sealer::local_for(&path), access)
-                    .await
-                    .unwrap_err();
+                let e = SqliteJournal::open_with(
+                    &path,
+                    Sealer::local_for(&path),
+                    access,
+                    JournalOptions::default(),
+                )
+                .await
+                .unwrap_err();
                 assert!(matches!(e, Error::Journal(_)), "{needle}: {e:?}");
                 assert!(e.to_string().contains(needle), "{needle}: {e}");
                 assert_eq!(e.exit_code(), crate::error::exit::GUARD);
