@@ -336,3 +336,23 @@ fn out_of_range_verify_timeouts_in_the_settings_file_are_refused() {
     assert_eq!(emu.stats()["requests"], 0);
     assert_eq!(emu.keys("ci-bot").len(), 1);
 }
+
+#[test]
+fn endless_or_huge_settings_files_are_refused_not_read_whole() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    emu.create_key("ci-bot");
+    emu.reset_stats();
+    let big = emu.dir.path().join("big.toml");
+    std::fs::write(&big, "# padding\n".repeat(200 * 1024)).unwrap();
+    for cfg in [std::path::Path::new("/dev/zero"), big.as_path()] {
+        for args in [
+            &["rotate", "--user", "ci-bot"][..],
+            &["config", "check"][..],
+        ] {
+            let run = emu.run(emu.keyturn().arg("--config").arg(cfg).args(args));
+            run.assert_code(2).assert_stderr("larger than 1 MiB");
+        }
+    }
+    assert_eq!(emu.stats()["requests"], 0);
+}

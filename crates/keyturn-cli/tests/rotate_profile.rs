@@ -292,6 +292,34 @@ fn refusals_leave_file_and_iam_untouched() {
             String::new(),
             "credentials:4:",
         ),
+        // The SDKs reject an indented line without '=' under a sub-property block.
+        (
+            "base",
+            base.clone(),
+            "[profile base]\ns3 =\n  not a sub property\n".into(),
+            "Expected an '=' sign defining a sub-property",
+        ),
+        // Key ids and secrets are checked where read, naming the profile (a control
+        // byte used to panic in the request signer).
+        (
+            "bad",
+            format!("{base}[bad]\naws_access_key_id = AKIA\u{1}OSFODNN7EXAMPL\naws_secret_access_key = {}\n", dev.secret),
+            String::new(),
+            "profile 'bad': aws_access_key_id is not an access key id",
+        ),
+        (
+            "short",
+            format!("{base}[short]\naws_access_key_id = {}\naws_secret_access_key = tooshort\n", dev.id),
+            String::new(),
+            "profile 'short': aws_secret_access_key is not a secret access key",
+        ),
+        // Files keyturn reads are capped at 1 MiB.
+        (
+            "base",
+            format!("{base}{}", "# padding padding padding padding\n".repeat(32 * 1024)),
+            String::new(),
+            "larger than 1 MiB",
+        ),
     ];
     for (profile, credentials, config, needle) in cases {
         let f = write_files(&emu, &credentials, &config);
@@ -303,6 +331,7 @@ fn refusals_leave_file_and_iam_untouched() {
             "{profile}: missing {needle:?} in:\n{}",
             run.stderr
         );
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
         assert_eq!(read(&f.credentials), credentials, "{profile}");
         assert_eq!(read(&f.config), config, "{profile}");
         assert_eq!(
@@ -466,4 +495,117 @@ fn dry_run_lists_profiles_and_changes_nothing() {
     assert_eq!(v["ProfilesUpdated"].as_array().unwrap().len(), 2);
     assert_eq!(read(&f.credentials), credentials);
     assert_eq!(emu.keys("dev").len(), 1);
+}
+
+#[test]
+fn continuation_lines_and_sub_properties_rotate_as_the_sdks_read_them() {
+    let emu = Emulator::start();
+    let dev = self_service_user(&emu, "dev");
+    // Both used to be refused ("indented line does not follow a property with an
+    // empty value"); the AWS SDKs read them.
+    let credentials = format!(
+        "[dev]\nnote = first line\n  -continued # part of the value\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+        dev.id, dev.secret
+    );
+    let config = "[profile dev]\nregion = us-east-1\ns3 =\n  max_concurrent_requests = 5\n\n  addressing_style = path\n# end\n";
+    let f = write_files(&emu, &credentials, config);
+    let run =
+        emu.run(keyturn_files(&emu, &f).args(["rotate", "--profile", "dev", "--output", "json"]));
+    run.assert_code(0);
+    let v = run.json();
+    let (id, secret) = (
+        v["AccessKeyId"].as_str().unwrap(),
+        v["SecretAccessKey"].as_str().unwrap(),
+    );
+    assert_eq!(
+        read(&f.credentials),
+        credentials
+            .replace(&dev.id, id)
+            .replace(&dev.secret, secret)
+    );
+    assert_eq!(read(&f.config), config);
+    assert_eq!(emu.keys("dev"), [(id.to_string(), "Active".to_string())]);
+}
+
+#[test]
+fn a_symlinked_credentials_file_is_edited_at_its_target() {
+    let emu = Emulator::start();
+    let dev = self_service_user(&emu, "dev");
+    let credentials = format!(
+        "[dev]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+        dev.id, dev.secret
+    );
+    let f = write_files(&emu, "", CONFIG);
+    let dotfiles = emu.dir.path().join("dotfiles");
+    std::fs::create_dir_all(&dotfiles).unwrap();
+    let target = dotfiles.join("aws-credentials");
+    std::fs::write(&target, &credentials).unwrap();
+    std::fs::remove_file(&f.credentials).unwrap();
+    std::os::unix::fs::symlink("../dotfiles/aws-credentials", &f.credentials).unwrap();
+    let run =
+        emu.run(keyturn_files(&emu, &f).args(["rotate", "--profile", "dev", "--output", "json"]));
+    run.assert_code(0);
+    let v = run.json();
+    let id = v["AccessKeyId"].as_str().unwrap();
+    let secret = v["SecretAccessKey"].as_str().unwrap();
+    // The link stays a link; its target holds the new key (it used to be replaced by
+    // a regular file, leaving the target with the deleted key).
+    assert!(std::fs::symlink_metadata(&f.credentials)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        credentials
+            .replace(&dev.id, id)
+            .replace(&dev.secret, secret)
+    );
+    assert_eq!(mode(&target), 0o600);
+    assert_eq!(emu.keys("dev"), [(id.to_string(), "Active".to_string())]);
+}
+
+#[test]
+fn a_directory_others_can_write_is_refused_before_any_change() {
+    let emu = Emulator::start();
+    let dev = self_service_user(&emu, "dev");
+    let credentials = format!(
+        "[dev]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+        dev.id, dev.secret
+    );
+    let f = write_files(&emu, &credentials, CONFIG);
+    let dir = f.credentials.parent().unwrap().to_path_buf();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    emu.reset_stats();
+    let run = emu.run(keyturn_files(&emu, &f).args(["rotate", "--profile", "dev", "--yes"]));
+    run.assert_code(2);
+    run.assert_stderr("can be written by group or others");
+    assert_eq!(read(&f.credentials), credentials);
+    assert!(emu.stats()["by_action"]
+        .get("iam:CreateAccessKey")
+        .is_none());
+    assert_eq!(emu.keys("dev"), [(dev.id.clone(), "Active".to_string())]);
+}
+
+#[test]
+fn root_keeps_the_owner_and_group_of_a_users_credentials_file() {
+    use std::os::unix::fs::MetadataExt;
+    let emu = Emulator::start();
+    // The uid of files this process creates is its effective uid.
+    if std::fs::metadata(emu.dir.path()).unwrap().uid() != 0 {
+        eprintln!("not root: the owner-keeping path needs root; the refusal is a unit test");
+        return;
+    }
+    let dev = self_service_user(&emu, "dev");
+    let credentials = format!(
+        "[dev]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+        dev.id, dev.secret
+    );
+    let f = write_files(&emu, &credentials, CONFIG);
+    std::os::unix::fs::chown(&f.credentials, Some(65534), Some(65534)).unwrap();
+    let run = emu.run(keyturn_files(&emu, &f).args(["rotate", "--profile", "dev"]));
+    run.assert_code(0);
+    let m = std::fs::metadata(&f.credentials).unwrap();
+    // It used to become root:root 0600, unreadable by its owner.
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (65534, 65534, 0o600));
+    assert_ne!(read(&f.credentials), credentials);
 }

@@ -96,6 +96,30 @@ pub fn default_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/keyturn/config.toml"))
 }
 
+/// Read a settings file, at most [`crate::credfile::MAX_FILE`] bytes (`--config
+/// /dev/zero` is refused, not read forever): `Ok(None)` when it does not exist.
+/// Exit 2 for anything unreadable, too large, or not UTF-8.
+pub fn read_settings(path: &Path) -> Result<Option<String>> {
+    let bytes = crate::credfile::read_limited(path, "settings file").map_err(|e| match e {
+        Error::Io { source, .. } => Error::InvalidInput(format!(
+            "cannot read config file {}: {source}",
+            path.display()
+        )),
+        other => other,
+    })?;
+    let Some(mut bytes) = bytes else {
+        return Ok(None);
+    };
+    String::from_utf8(std::mem::take(&mut *bytes))
+        .map(Some)
+        .map_err(|_| {
+            Error::InvalidInput(format!(
+                "cannot read config file {}: it is not UTF-8 text",
+                path.display()
+            ))
+        })
+}
+
 impl FileConfig {
     /// Load `explicit` (must exist) or the default path (may be absent).
     pub fn load(explicit: Option<&Path>) -> Result<Self> {
@@ -106,15 +130,14 @@ impl FileConfig {
                 None => return Ok(Self::default()),
             },
         };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-                return Ok(Self::default())
-            }
-            Err(e) => {
+        let text = match read_settings(&path)? {
+            Some(t) => t,
+            None if !required => return Ok(Self::default()),
+            None => {
                 return Err(Error::InvalidInput(format!(
-                    "cannot read config file {}: {e}",
-                    path.display()
+                    "cannot read config file {}: {}",
+                    path.display(),
+                    std::io::Error::from(std::io::ErrorKind::NotFound)
                 )))
             }
         };

@@ -16,6 +16,9 @@
 use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::retry::RetryConfig;
 use aws_config::{AppName, BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::{
+    error::CredentialsError, future, ProvideCredentials, SharedCredentialsProvider,
+};
 use aws_credential_types::Credentials;
 use serde::Serialize;
 use std::time::Duration;
@@ -107,13 +110,63 @@ impl RemoteConfig {
             (None, None) => {}
         }
         let cfg = loader.load().await;
+        let mut b = cfg.to_builder();
         if cfg.region().is_none() {
-            cfg.into_builder()
-                .region(Region::from_static(FALLBACK_REGION))
-                .build()
-        } else {
-            cfg
+            b = b.region(Region::from_static(FALLBACK_REGION));
         }
+        if let Some(inner) = cfg.credentials_provider() {
+            b = b.credentials_provider(SharedCredentialsProvider::new(HeaderSafe {
+                inner,
+                source: match &self.profile {
+                    Some(p) => format!("profile '{p}'"),
+                    None => "the default credential chain".into(),
+                },
+            }));
+        }
+        b.build()
+    }
+}
+
+/// Checks credentials from any source before the SDK signs with them: the SigV4
+/// signer puts the key id (and session token) into HTTP headers and panics on a value
+/// that is not visible ASCII (a control byte in a hand-edited profile). keyturn turns
+/// that into a credentials error naming the source instead.
+#[derive(Debug)]
+struct HeaderSafe {
+    inner: SharedCredentialsProvider,
+    source: String,
+}
+
+/// Why `c` cannot be signed with, if it cannot.
+pub fn unsendable(c: &Credentials) -> Option<&'static str> {
+    let visible = |s: &str| !s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if !visible(c.access_key_id()) {
+        return Some("access key id");
+    }
+    if !visible(c.secret_access_key()) {
+        return Some("secret access key");
+    }
+    if c.session_token().is_some_and(|t| !visible(t)) {
+        return Some("session token");
+    }
+    None
+}
+
+impl ProvideCredentials for HeaderSafe {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(async move {
+            let c = self.inner.provide_credentials().await?;
+            match unsendable(&c) {
+                None => Ok(c),
+                Some(what) => Err(CredentialsError::invalid_configuration(format!(
+                    "the {what} from {} is empty or has characters other than visible ASCII (a control byte or a space?); fix the credentials",
+                    self.source
+                ))),
+            }
+        })
     }
 }
 
@@ -121,6 +174,42 @@ impl RemoteConfig {
 mod tests {
     use super::*;
     use aws_config::retry::RetryMode as SdkRetryMode;
+
+    #[tokio::test]
+    async fn credentials_with_control_bytes_are_an_error_not_a_panic() {
+        let remote = RemoteConfig {
+            region: Some("us-east-1".into()),
+            endpoint_url: Some("http://127.0.0.1:9".into()),
+            ..Default::default()
+        };
+        for (id, secret, token) in [
+            ("AKIA\u{1}OSFODNN7EXAMPL", "s", None),
+            ("AKIAIOSFODNN7EXAMPLE", "se\ncret", None),
+            ("AKIAIOSFODNN7EXAMPLE", "secret", Some("to ken")),
+            ("AKIAIOSFODNN7EXAMPLÉ", "secret", None),
+        ] {
+            let c = Credentials::new(id, secret, token.map(str::to_string), None, "test");
+            assert!(unsendable(&c).is_some(), "{id:?}");
+            let cfg = remote.load_with(Some(c)).await;
+            let err = cfg
+                .credentials_provider()
+                .unwrap()
+                .provide_credentials()
+                .await
+                .unwrap_err();
+            let msg = format!(
+                "{}",
+                aws_smithy_types::error::display::DisplayErrorContext(&err)
+            );
+            assert!(msg.contains("visible ASCII"), "{msg}");
+            assert!(!msg.contains("OSFODNN"), "{msg}");
+            // And an SDK call with them fails instead of panicking in the signer.
+            let sts = aws_sdk_sts::Client::new(&cfg);
+            assert!(sts.get_caller_identity().send().await.is_err());
+        }
+        let ok = Credentials::new("AKIAIOSFODNN7EXAMPLE", "secret", None, None, "test");
+        assert_eq!(unsendable(&ok), None);
+    }
 
     #[test]
     fn standard_retries_stay_as_they_were() {

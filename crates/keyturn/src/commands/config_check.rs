@@ -26,11 +26,12 @@ pub async fn config_check(settings: &ConfigCheckSettings, printer: &Printer) -> 
             ))
         }
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let text = crate::config::read_settings(&path)?.ok_or_else(|| {
         Error::InvalidInput(format!(
-            "cannot read settings file {}: {e}{}",
+            "cannot read settings file {}: {}{}",
             path.display(),
-            if settings.path.is_none() && e.kind() == std::io::ErrorKind::NotFound {
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+            if settings.path.is_none() {
                 " (the default location; pass --config FILE)"
             } else {
                 ""

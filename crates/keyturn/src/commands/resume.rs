@@ -9,7 +9,7 @@
 
 use crate::aws::{NewKey, SdkKeyApi};
 use crate::commands::rotate::finish_run;
-use crate::credfile::{SharedFiles, SECRET};
+use crate::credfile::SharedFiles;
 use crate::engine::{sink_reports, CreateWindow, Engine, Progress};
 use crate::error::{exit, Error, Result};
 use crate::journal::{Journal, RunRecord, RunStatus, StepPhase};
@@ -17,7 +17,6 @@ use crate::plan::{Mode, Step};
 use crate::printer::{OutputFormat, Printer};
 use crate::remote::RemoteConfig;
 use crate::report::ActionRecord;
-use crate::secret::SecretKey;
 use crate::sink::{SinkEnv, SinkSet, SinkSpec};
 use crate::verify::VerifyPolicy;
 use aws_credential_types::Credentials;
@@ -116,13 +115,10 @@ async fn resume_one<J: Journal>(
     // and the profile files hold it then.
     let secret = match (secret, &rec.new_key_id, &files) {
         (Some(s), _, _) => Some(s),
-        (None, Some(id), Some((cred, conf))) => SharedFiles::load(cred, conf)
-            .ok()
-            .and_then(|f| {
-                let (_, profile) = f.holders(id).into_iter().next()?;
-                f.get(&profile, SECRET)
-            })
-            .map(SecretKey::new),
+        (None, Some(id), Some((cred, conf))) => SharedFiles::load(cred, conf).ok().and_then(|f| {
+            let (_, profile) = f.holders(id).into_iter().next()?;
+            f.secret(&profile).ok().flatten()
+        }),
         _ => None,
     };
     let new_key = match (&rec.new_key_id, secret) {
@@ -262,9 +258,9 @@ async fn caller_api(
     let shared = SharedFiles::load(cred, conf)?;
     let creds = if let Some((_, profile)) = shared.holders(in_use_key).into_iter().next() {
         let secret = shared
-            .get(&profile, SECRET)
+            .secret(&profile)?
             .ok_or_else(|| Error::Runtime(format!("profile {profile} lost its secret")))?;
-        Credentials::new(in_use_key, secret, None, None, "keyturn-resume")
+        Credentials::new(in_use_key, secret.expose(), None, None, "keyturn-resume")
     } else if let Some(k) = new_key.filter(|k| !shared.holders(&k.access_key_id).is_empty()) {
         Credentials::new(
             &k.access_key_id,

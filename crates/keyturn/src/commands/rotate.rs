@@ -233,6 +233,8 @@ async fn rotate_own_profile<J: Journal>(
     let writer = FileProfileWriter::from_env();
     let files = SharedFiles::load(&writer.credentials, &writer.config)?;
     let (profile, key_id, secret) = rotatable_profile(&files, name, settings, printer)?;
+    // Files keyturn could not replace safely are refused before any AWS call.
+    writer.preflight()?;
     // Region and endpoint settings come from the named profile; the credentials are
     // the static key being rotated (never an assumed role).
     let mut remote = settings.remote.clone();

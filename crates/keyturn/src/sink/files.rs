@@ -16,9 +16,6 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Files keyturn edits are small; anything larger is not one of them.
-const MAX_FILE: u64 = 1 << 20;
-
 /// `env-file` and `json-file`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,25 +73,18 @@ impl CredentialsFileSpec {
     }
 }
 
-/// Read a file keyturn is about to edit: `None` if absent; refuse huge files.
+/// Read a file keyturn is about to edit: `None` if absent; refuse files over
+/// [`crate::credfile::MAX_FILE`] (counted while reading, so `/dev/zero` is refused too).
 fn read_small(path: &Path) -> Result<Option<String>> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.len() > MAX_FILE => {
-            return Err(Error::InvalidInput(format!(
-                "{} is {} bytes; keyturn edits files up to {MAX_FILE} bytes",
-                path.display(),
-                m.len()
-            )))
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
-    }
-    let bytes =
-        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    String::from_utf8(bytes)
+    let Some(mut bytes) = crate::credfile::read_limited(path, "file")? else {
+        return Ok(None);
+    };
+    String::from_utf8(std::mem::take(&mut *bytes))
         .map(Some)
-        .map_err(|_| Error::InvalidInput(format!("{} is not UTF-8 text", path.display())))
+        .map_err(|e| {
+            zeroize::Zeroize::zeroize(&mut e.into_bytes());
+            Error::InvalidInput(format!("{} is not UTF-8 text", path.display()))
+        })
 }
 
 fn lock(path: &Path) -> Result<FileLock> {
@@ -503,7 +493,7 @@ impl Sink for CredentialsFileSink {
             .load()
             .map_err(|e| sink_error(self, SinkStage::Prepare, Written::No, "", Some(e)))?;
         Ok(f.section_of(&self.spec.profile)
-            .and_then(|s| f.doc.get(&s, KEY_ID).map(str::to_string))
+            .and_then(|s| f.doc.get(&s, KEY_ID).map(|v| v.into_owned()))
             .map(Holding::Key)
             .unwrap_or(Holding::Empty))
     }
@@ -515,11 +505,14 @@ impl Sink for CredentialsFileSink {
         let mut doc = f.doc.clone();
         let profile = &self.spec.profile;
         let secret = h.key.secret.expose();
+        let bad = |e: crate::credfile::ini::ValueError| fail(Error::Runtime(e.to_string()));
         let created = match f.section_of(profile) {
             Some(section) => {
-                doc.set(&section, KEY_ID, &h.key.access_key_id);
-                if doc.set(&section, SECRET, secret) == 0 {
-                    doc.insert_after(&section, KEY_ID, SECRET, secret);
+                doc.set(&section, KEY_ID, &h.key.access_key_id)
+                    .map_err(bad)?;
+                if doc.set(&section, SECRET, secret).map_err(bad)? == 0 {
+                    doc.insert_after(&section, KEY_ID, SECRET, secret)
+                        .map_err(bad)?;
                 }
                 doc.remove(&section, TOKEN);
                 false
@@ -558,8 +551,8 @@ impl Sink for CredentialsFileSink {
         let section = f.section_of(&self.spec.profile);
         let get = |k: &str| {
             section
-                .as_deref()
-                .and_then(|s| f.doc.get(s, k).map(str::to_string))
+                .as_ref()
+                .and_then(|s| f.doc.get(s, k).map(|v| v.into_owned()))
         };
         let values = vec![
             (
