@@ -335,7 +335,7 @@ fn an_organization_fleet_rotates_exactly_the_due_users_and_a_second_run_changes_
     assert!(user(&r2, &a, "ci-due")["Reason"]
         .as_str()
         .unwrap()
-        .contains("new key never used"));
+        .contains("new key used only by keyturn's own checks"));
 }
 
 /// Move every time the journal holds `days` into the past (a run "days ago").
@@ -543,6 +543,8 @@ max_failures = MAXF
 canary = 1
 verify_timeout = 120
 
+ACCOUNTS
+
 [[sinks]]
 name = "keys"
 type = "json-file"
@@ -554,29 +556,50 @@ users = ["u-*"]
 sinks = ["keys"]
 "#;
 
+/// 200 users in four accounts (roles the admin assumes), 30% of every IAM call
+/// answered `Throttling`. Each account has its own adaptive rate limiter, as IAM
+/// throttles each account on its own.
 #[test]
 fn thirty_percent_throttling_on_a_200_user_fleet_ends_with_no_failure() {
     let emu = Emulator::start();
     std::fs::create_dir_all(emu.dir.path().join("keys")).unwrap();
-    let users: Vec<Value> = (0..200)
-        .map(|i| json!({ "name": format!("u-{i:03}"), "keys": [key(100)] }))
-        .collect();
-    emu.seed(ACCOUNT, json!(users));
+    let accounts: Vec<String> = (1..=4).map(|i| format!("44444444444{i}")).collect();
+    let mut entries = String::new();
+    for (i, a) in accounts.iter().enumerate() {
+        emu.post(
+            "/_keyturn/role",
+            json!({ "account_id": a, "role_name": "KeyturnRotator" }),
+        );
+        let users: Vec<Value> = (0..50)
+            .map(|u| json!({ "name": format!("u-{u:03}"), "keys": [key(100)] }))
+            .collect();
+        emu.seed(a, json!(users));
+        entries.push_str(&format!(
+            "[[accounts]]\nname = \"a{i}\"\nrole_arn = \"arn:aws:iam::{a}:role/KeyturnRotator\"\n"
+        ));
+    }
     emu.faults(json!([{ "action": "iam:*", "mode": "throttle", "fraction": 0.3 }]));
-    let cfg = config(&emu, &BIG_POLICY.replace("MAXF", "5"));
+    let cfg = config(
+        &emu,
+        &BIG_POLICY
+            .replace("MAXF", "5")
+            .replace("ACCOUNTS", &entries),
+    );
     let out = run(&emu, &cfg, &["--output", "json"]);
+    let hits = emu.get("/_keyturn/faults")["rules"][0]["hits"]
+        .as_i64()
+        .unwrap();
+    emu.faults(json!([]));
     let r = report(&emu);
     out.assert_code(0);
     assert_eq!(r["Summary"]["rotated"], 200, "{}", out.stderr);
     assert_eq!(r["Summary"]["failed"], 0);
-    let hits = emu.get("/_keyturn/faults")["rules"][0]["hits"]
-        .as_i64()
-        .unwrap();
     assert!(hits > 100, "throttling was injected ({hits} hits)");
-    for i in [0, 99, 199] {
-        let u = format!("u-{i:03}");
-        assert_eq!(keys_in(&emu, ACCOUNT, &u).len(), 2);
-        assert!(delivered(&emu, ACCOUNT, &u).is_some());
+    for a in &accounts {
+        for u in ["u-000", "u-049"] {
+            assert_eq!(keys_in(&emu, a, u).len(), 2);
+            assert!(delivered(&emu, a, u).is_some());
+        }
     }
 }
 
@@ -600,7 +623,10 @@ fn a_failing_canary_stops_the_run_and_the_failure_budget_leaves_the_rest_not_att
     };
     // The canary (first due user) fails: nobody else is started.
     deny(&["u-000"]);
-    let cfg = config(&emu, &BIG_POLICY.replace("MAXF", "2"));
+    let cfg = config(
+        &emu,
+        &BIG_POLICY.replace("MAXF", "2").replace("ACCOUNTS", ""),
+    );
     run(&emu, &cfg, &[]).assert_code(3);
     let r = report(&emu);
     assert_eq!(user(&r, ACCOUNT, "u-000")["Outcome"], "failed");
