@@ -9,6 +9,10 @@
 //! - [`access`]: which accounts to work in and as whom (profiles, roles,
 //!   Organizations, refreshing role credentials), shared by audit and fleet runs;
 //! - [`journal`]: the durable record that makes rotations resumable;
+//! - [`outcome`]: how a run ends (journal status, report, exit code), shared by
+//!   `rotate`, `resume` and fleet runs;
+//! - [`profile_chain`], [`mfa`]: which profile's key a self-rotation rotates, and
+//!   the MFA session it signs IAM calls with;
 //! - [`printer`], [`report`]: the one place output is produced;
 //! - [`audit`]: the access-key audit rules, sources and output formats;
 //! - [`fleet`]: fleet runs: the policy file, the pure fleet planner, the report;
@@ -28,9 +32,12 @@ pub mod failpoint;
 pub(crate) mod fake;
 pub mod fleet;
 pub mod journal;
+pub mod mfa;
 pub mod model;
+pub mod outcome;
 pub mod plan;
 pub mod printer;
+pub mod profile_chain;
 pub mod remote;
 pub mod report;
 pub mod secret;
