@@ -17,6 +17,8 @@
 //! - [`audit`]: the access-key audit rules, sources and output formats;
 //! - [`fleet`]: fleet runs: the policy file, the pure fleet planner, the report;
 //! - [`usage`]: who uses an access key, from CloudTrail management events;
+//! - [`validate`]: the local checks of user names, paths, profile names and run ids
+//!   made before any AWS call;
 //! - [`commands`]: one module per subcommand.
 
 pub mod access;
@@ -43,6 +45,7 @@ pub mod report;
 pub mod secret;
 pub mod sink;
 pub mod usage;
+pub mod validate;
 pub mod verify;
 
 pub use error::{Error, Result};
