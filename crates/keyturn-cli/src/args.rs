@@ -17,6 +17,7 @@ use keyturn::journal::JournalSettings;
 use keyturn::plan::PlanOptions;
 use keyturn::printer::{HistoryFormat, OutputFormat};
 use keyturn::remote::RemoteConfig;
+use keyturn::validate;
 use keyturn::verify::VerifyPolicy;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -151,11 +152,14 @@ pub struct ResumeArgs {
 }
 
 impl ResumeArgs {
-    pub fn resolve(&self) -> ResumeSettings {
-        ResumeSettings {
+    pub fn resolve(&self) -> Result<ResumeSettings> {
+        if let Some(id) = &self.run_id {
+            validate::run_id("RUN_ID", id)?;
+        }
+        Ok(ResumeSettings {
             run_id: self.run_id.clone(),
             mfa_code: self.mfa_code.clone(),
-        }
+        })
     }
 }
 
@@ -269,11 +273,14 @@ pub struct HistoryArgs {
 }
 
 impl HistoryArgs {
-    pub fn resolve(&self) -> HistorySettings {
-        HistorySettings {
+    pub fn resolve(&self) -> Result<HistorySettings> {
+        if let Some(u) = &self.user {
+            validate::user_name("--user", u)?;
+        }
+        Ok(HistorySettings {
             user: self.user.clone(),
             output: self.output.into(),
-        }
+        })
     }
 }
 
@@ -296,13 +303,17 @@ pub struct RollbackArgs {
 }
 
 impl RollbackArgs {
-    pub fn resolve(&self) -> RollbackSettings {
-        RollbackSettings {
-            remote: self.remote.remote(),
+    pub fn resolve(&self) -> Result<RollbackSettings> {
+        validate::user_name("--user", &self.user)?;
+        if let Some(id) = &self.run_id {
+            validate::run_id("--run", id)?;
+        }
+        Ok(RollbackSettings {
+            remote: self.remote.remote()?,
             user: self.user.clone(),
             run_id: self.run_id.clone(),
             output: self.output.into(),
-        }
+        })
     }
 }
 
@@ -325,13 +336,17 @@ pub struct RemoteArgs {
 }
 
 impl RemoteArgs {
-    pub fn remote(&self) -> RemoteConfig {
-        RemoteConfig {
+    /// How to reach AWS; a malformed `--profile` is refused here.
+    pub fn remote(&self) -> Result<RemoteConfig> {
+        if let Some(p) = &self.profile {
+            validate::profile_name("--profile", p)?;
+        }
+        Ok(RemoteConfig {
             profile: self.profile.clone(),
             region: self.region.clone(),
             endpoint_url: self.endpoint_url.clone(),
             ..RemoteConfig::default()
-        }
+        })
     }
 }
 
@@ -444,11 +459,12 @@ impl RotateArgs {
                 "config rotate.verify_timeout = {timeout}: expected 1-3600 seconds"
             )));
         }
+        let remote = self.remote.remote()?;
         let owner = match (&self.user, &self.remote.profile) {
-            (Some(u), _) if u.trim().is_empty() => {
-                return Err(Error::InvalidInput("--user must not be empty".into()))
+            (Some(u), _) => {
+                validate::user_name("--user", u)?;
+                KeyOwner::User(u.clone())
             }
-            (Some(u), _) => KeyOwner::User(u.clone()),
             (None, Some(p)) if !p.trim().is_empty() => KeyOwner::OwnProfile(p.clone()),
             _ => {
                 return Err(Error::InvalidInput(
@@ -467,7 +483,7 @@ impl RotateArgs {
         let sinks = keyturn::sink::select(&self.sinks, &file.sinks, output)?;
         Ok(RotateSettings {
             sinks,
-            remote: self.remote.remote(),
+            remote,
             owner,
             options: PlanOptions {
                 deactivate_old_keys: self.deactivate_old_keys,
@@ -592,14 +608,6 @@ pub struct AuditArgs {
     pub endpoint_url: Option<String>,
 }
 
-/// IAM paths: `/`, or `/` + printable ASCII + `/`, at most 512 characters.
-fn valid_user_path(p: &str) -> bool {
-    p.len() <= 512
-        && p.starts_with('/')
-        && p.ends_with('/')
-        && p.chars().all(|c| ('!'..='~').contains(&c))
-}
-
 impl AuditArgs {
     pub fn resolve(&self, file: &FileConfig) -> Result<AuditSettings> {
         let bad = |m: String| Err(Error::InvalidInput(m));
@@ -625,14 +633,9 @@ impl AuditArgs {
                 "config audit.concurrency = {concurrency}: expected 1-64"
             ));
         }
-        if !valid_user_path(&self.user_path) {
-            return bad(format!(
-                "--user-path {:?}: an IAM path starts and ends with / (e.g. / or /bots/)",
-                self.user_path
-            ));
-        }
-        if let Some(p) = self.profiles.iter().find(|p| p.trim().is_empty()) {
-            return bad(format!("--profile {p:?}: a profile name must not be empty"));
+        validate::path("--user-path", &self.user_path)?;
+        for p in &self.profiles {
+            validate::profile_name("--profile", p)?;
         }
         if let Some(a) = self.role_arns.iter().find(|a| !is_role_arn(a)) {
             return bad(format!(

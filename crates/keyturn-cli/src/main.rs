@@ -78,15 +78,17 @@ async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
             rotate::rotate(&settings, &j, printer).await
         }
         Command::Resume(a) => {
+            let settings = a.resolve()?;
             let j = journal.open(&RemoteConfig::default()).await?;
-            resume::resume(&a.resolve(), &j, printer).await
+            resume::resume(&settings, &j, printer).await
         }
         Command::History(a) => {
+            let settings = a.resolve()?;
             let j = journal.open_read_only(&RemoteConfig::default()).await?;
-            history::history(&a.resolve(), &j, printer).await
+            history::history(&settings, &j, printer).await
         }
         Command::Rollback(a) => {
-            let settings = a.resolve();
+            let settings = a.resolve()?;
             let j = journal.open(&settings.remote).await?;
             rollback::rollback(&settings, &j, printer).await
         }

@@ -284,24 +284,34 @@ fn real_kill_9_during_verification_then_resume() {
     assert_journal_clean(&emu.journal_path(), &new.secret);
 }
 
+/// Two rotations of one user: the second finds the first holding the user's lock and
+/// exits 2 without changing anything. The first is held at `verify-new-key:intent`
+/// (its key created, the lock held) by a pausing failpoint until the second is done:
+/// no reliance on how long verification takes.
+#[cfg(feature = "failpoints")]
 #[test]
 fn concurrent_rotations_of_one_user_one_wins_other_exits_2() {
     let emu = Emulator::start();
     emu.create_user("ci-bot");
     let k1 = emu.create_key("ci-bot");
-    emu.propagation_delay(2.0);
     emu.reset_stats();
+    let go = emu.dir.path().join("go");
     let first = emu
         .keyturn()
         .args(["rotate", "--user", "ci-bot"])
         .args(FULL)
+        .env(
+            "KEYTURN_FAILPOINT",
+            format!("verify-new-key:intent=wait:{}", go.display()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the first rotation to create its key", || {
-        creates(&emu) >= 1
+    wait_for("the first rotation to hold at verify-new-key", || {
+        with_suffix(&go, ".reached").exists()
     });
+    assert_eq!(creates(&emu), 1, "the first rotation created its key");
     let keys_during = emu.keys("ci-bot");
     let second = emu.run(
         emu.keyturn()
@@ -318,6 +328,7 @@ fn concurrent_rotations_of_one_user_one_wins_other_exits_2() {
         keys_during,
         "the second process changed nothing"
     );
+    std::fs::write(&go, "").unwrap();
     let out = first.wait_with_output().unwrap();
     assert_eq!(
         out.status.code(),
@@ -328,6 +339,66 @@ fn concurrent_rotations_of_one_user_one_wins_other_exits_2() {
     let keys = emu.keys("ci-bot");
     assert_eq!(keys.len(), 1);
     assert_ne!(keys[0].0, k1.id);
+}
+
+/// `keyturn history | head`: a reader that stops reading ends history quietly with
+/// exit 0, like other Unix tools. The read end is closed before keyturn starts, so
+/// its first write meets the broken pipe whatever the timing.
+#[test]
+fn history_into_a_closed_pipe_exits_0_quietly() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    emu.create_key("ci-bot");
+    emu.run(emu.keyturn().args(["rotate", "--user", "ci-bot"]))
+        .assert_code(0);
+    for format in ["table", "json"] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = emu
+            .keyturn()
+            .args(["history", "--output", format])
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // And through a real pipeline, as a user types it.
+    let script = format!(
+        "set -o pipefail; {:?} history | head -1",
+        env!("CARGO_BIN_EXE_keyturn")
+    );
+    let mut sh = std::process::Command::new("bash");
+    sh.arg("-c").arg(script).env_clear();
+    for (k, v) in emu.keyturn().get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    let out = sh.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[cfg(feature = "failpoints")]
@@ -1263,26 +1334,53 @@ fn dynamodb_journal_records_a_rotation() {
     assert!(!text.contains(&new.secret) && !text.contains(&k1.secret));
 }
 
+/// Writes the release file of a `=wait:` failpoint when dropped, so a failing test
+/// never leaves a paused keyturn behind.
+#[cfg(feature = "failpoints")]
+struct Release(PathBuf);
+
+#[cfg(feature = "failpoints")]
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "");
+    }
+}
+
 /// Issue 14: two processes racing for one user's lease on the DynamoDB journal:
-/// exactly one rotates, the other exits 2 and changes nothing.
+/// exactly one rotates, the other exits 2 and changes nothing. The winner is held at
+/// `verify-new-key:intent` (lease taken, key created) until the loser has exited, so
+/// the race never depends on how long a rotation takes.
+#[cfg(feature = "failpoints")]
 #[test]
 fn two_processes_racing_for_a_dynamodb_lease_one_wins() {
     let emu = Emulator::start();
     emu.create_user("ci-bot");
     let k1 = emu.create_key("ci-bot");
     let d = Dynamo::new(&emu, 300);
-    emu.propagation_delay(2.0);
     emu.reset_stats();
+    let go = emu.dir.path().join("go");
+    let release = Release(go.clone());
     let spawn = || {
         d.keyturn(&emu)
             .args(["rotate", "--user", "ci-bot"])
             .args(FULL)
+            .env(
+                "KEYTURN_FAILPOINT",
+                format!("verify-new-key:intent=wait:{}", go.display()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
-    let (a, b) = (spawn(), spawn());
+    let (mut a, mut b) = (spawn(), spawn());
+    wait_for("one process to hold the lease at verify-new-key", || {
+        with_suffix(&go, ".reached").exists()
+    });
+    wait_for("the other process to give up", || {
+        a.try_wait().unwrap().is_some() || b.try_wait().unwrap().is_some()
+    });
+    drop(release);
     let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
     let codes: Vec<i32> = outs.iter().map(|o| o.status.code().unwrap_or(-1)).collect();
     let stderr: Vec<String> = outs

@@ -640,3 +640,74 @@ fn golden_dry_run_outputs() {
         });
     }
 }
+
+/// Issue 13: malformed user names, profile names, paths and run ids exit 2 with the
+/// rule in the message, and not one request reaches AWS (the emulator counts them).
+#[test]
+fn malformed_names_exit_2_before_any_aws_request() {
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    let k1 = emu.create_key("ci-bot");
+    emu.reset_stats();
+    let long = "a".repeat(200);
+    let user_rule = "an IAM user name is 1-64 characters";
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec!["rotate", "--user", "ci\u{7}bot"],
+            vec![user_rule, "control character U+0007"],
+        ),
+        (
+            vec!["rotate", "--user", &long],
+            vec![user_rule, "200 characters long, at most 64"],
+        ),
+        (vec!["rotate", "--user", ""], vec![user_rule, "it is empty"]),
+        (
+            vec!["rotate", "--user", "ci bot"],
+            vec![user_rule, "a space"],
+        ),
+        (
+            vec!["rotate", "--profile", "my profile"],
+            vec!["a profile name is"],
+        ),
+        (
+            vec!["rotate", "--user", "ci-bot", "--profile", "a]b"],
+            vec!["a profile name is"],
+        ),
+        (vec!["rollback", "--user", "ci/bot"], vec![user_rule]),
+        (
+            vec!["rollback", "--user", "ci-bot", "--run", "../../x"],
+            vec!["a run id looks like"],
+        ),
+        (vec!["resume", "latest"], vec!["a run id looks like"]),
+        (vec!["history", "--user", "ci\tbot"], vec![user_rule]),
+        (
+            vec!["audit", "--user-path", "/a b/"],
+            vec!["an IAM path is", "a space"],
+        ),
+        (vec!["audit", "--user-path", "bots"], vec!["an IAM path is"]),
+        (vec!["audit", "--profile", "a=b"], vec!["a profile name is"]),
+    ];
+    for (args, needles) in cases {
+        let run = emu.run(emu.keyturn().args(&args));
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        for n in needles {
+            assert!(
+                run.stderr.contains(n),
+                "{args:?}: {n:?} not in {}",
+                run.stderr
+            );
+        }
+        assert!(
+            run.stderr.contains("nothing was sent to AWS"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains('\u{7}'),
+            "raw control character echoed"
+        );
+        assert!(run.stdout.is_empty(), "{args:?}: {}", run.stdout);
+    }
+    assert_eq!(emu.stats()["requests"], 0, "nothing was sent to AWS");
+    assert_eq!(emu.keys("ci-bot"), [active(&k1.id)]);
+}

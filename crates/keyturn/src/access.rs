@@ -137,6 +137,9 @@ impl AccountSource {
             AccountSource::Profile(p) if p.trim().is_empty() => {
                 bad("a profile name must not be empty".into())
             }
+            AccountSource::Profile(p) if !crate::validate::is_profile_name(p) => {
+                bad(format!("profile {p:?}: {}", crate::validate::PROFILE_RULE))
+            }
             AccountSource::Profile(_) => Ok(()),
             AccountSource::Role(r) => {
                 if !is_role_arn(&r.role_arn) {

@@ -786,3 +786,408 @@ fn verification_error(key: &NewKey, policy: &VerifyPolicy, f: VerifyFailure) -> 
         cleanup: String::new(),
     }
 }
+
+/// The engine over the in-memory IAM, journal and sinks: for each step that fails,
+/// what is compensated and what survives (the new key, the sealed secret, old keys).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{FakeApi, FakeJournal, FakeSink};
+    use crate::journal::RemoteMeta;
+    use crate::model::Inventory;
+    use crate::plan::{plan_rotation, PlanOptions};
+    use crate::sink::{Sink, SinkStage, Written};
+    use std::time::Duration;
+
+    const USER: &str = "ci-bot";
+    const RUN: &str = "20261121T231200.123Z-0000000000000001";
+
+    /// ci-bot with K1 Active (replaced) and, unless `one_key`, K2 Inactive (deleted to
+    /// free a slot).
+    fn iam(one_key: bool) -> FakeApi {
+        let api = FakeApi::new(&[USER]);
+        api.add_key(USER, "K1", KeyStatus::Active, 100);
+        if !one_key {
+            api.add_key(USER, "K2", KeyStatus::Inactive, 200);
+        }
+        api
+    }
+
+    struct Run {
+        api: FakeApi,
+        journal: FakeJournal,
+        sinks: Vec<FakeSink>,
+        result: Result<()>,
+        progress: Progress,
+        meta: RunMeta,
+    }
+
+    impl Run {
+        fn step_names(&self) -> Vec<&str> {
+            self.meta.plan.steps.iter().map(|s| s.name()).collect()
+        }
+        fn new_keys(&self) -> Vec<(String, KeyStatus)> {
+            self.api
+                .keys_of(USER)
+                .into_iter()
+                .filter(|(id, _)| id.starts_with("AKIANEW"))
+                .collect()
+        }
+        fn old(&self, id: &str) -> Option<KeyStatus> {
+            self.api
+                .keys_of(USER)
+                .into_iter()
+                .find(|(k, _)| k == id)
+                .map(|(_, s)| s)
+        }
+        fn err(&self) -> &Error {
+            self.result.as_ref().unwrap_err()
+        }
+        fn secret_kept(&self) -> bool {
+            self.journal.holds_secret(RUN)
+        }
+        fn noted(&self, what: &str) -> bool {
+            self.journal.events().iter().any(|e| e == what)
+        }
+        /// No call touched the key `id` except listing it.
+        fn untouched(&self, id: &str) -> bool {
+            !self
+                .api
+                .calls()
+                .iter()
+                .any(|(a, _, arg)| a != "iam:GetAccessKeyLastUsed" && arg == id)
+        }
+    }
+
+    /// Plan a destructive user-mode rotation into `sinks` and execute it.
+    async fn rotate(api: FakeApi, journal: FakeJournal, sinks: Vec<FakeSink>) -> Run {
+        let inventory = Inventory {
+            user_name: USER.into(),
+            keys: api.list_keys(USER).await.unwrap(),
+        };
+        let options = PlanOptions {
+            deactivate_old_keys: true,
+            delete_inactive_keys: true,
+            yes: true,
+            verify: true,
+            sinks: sinks.iter().map(|s| s.name.clone()).collect(),
+            ..Default::default()
+        };
+        let now = OffsetDateTime::now_utc();
+        let plan = plan_rotation(&inventory, &Mode::User, &options, now).unwrap();
+        let meta = RunMeta {
+            run_id: RUN.into(),
+            account: crate::fake::ACCOUNT.into(),
+            user_name: USER.into(),
+            mode: Mode::User,
+            options,
+            plan,
+            inventory: inventory.keys,
+            sinks: sinks.iter().map(FakeSink::spec).collect(),
+            output: "json".into(),
+            remote: RemoteMeta::default(),
+            verify_timeout_secs: 60,
+            started_at: now,
+            profile: None,
+            mfa_serial: None,
+        };
+        let set = SinkSet::new(
+            sinks
+                .iter()
+                .map(|s| Box::new(s.clone()) as Box<dyn Sink>)
+                .collect(),
+        );
+        let policy = VerifyPolicy {
+            timeout: Duration::from_secs(60),
+            ..VerifyPolicy::default()
+        };
+        let mut progress = Progress::for_plan(&meta);
+        let result = Engine::new(&api, &journal, policy, &set)
+            .execute(&meta, &mut progress)
+            .await;
+        Run {
+            api,
+            journal,
+            sinks,
+            result,
+            progress,
+            meta,
+        }
+    }
+
+    fn two_sinks() -> Vec<FakeSink> {
+        vec![FakeSink::new("a"), FakeSink::new("b")]
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_step_succeeding_retires_the_old_keys_and_erases_the_secret() {
+        let r = rotate(iam(false), FakeJournal::default(), two_sinks()).await;
+        r.result.as_ref().unwrap();
+        assert_eq!(
+            r.step_names(),
+            [
+                "free-slot",
+                "create-key",
+                "verify-new-key",
+                "deliver",
+                "verify-delivery",
+                "deliver",
+                "verify-delivery",
+                "deactivate-old-key",
+                "delete-old-key"
+            ]
+        );
+        let new = r.new_keys();
+        assert_eq!(new.len(), 1);
+        assert_eq!(new[0].1, KeyStatus::Active);
+        assert_eq!(r.old("K1"), None, "deactivated, then deleted");
+        assert_eq!(r.old("K2"), None, "freed its slot");
+        for s in &r.sinks {
+            assert_eq!(s.holds().as_deref(), Some(new[0].0.as_str()), "{}", s.name);
+        }
+        assert!(
+            !r.secret_kept(),
+            "every sink verified: the secret is erased"
+        );
+        assert!(r.progress.secret_erased);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn free_slot_failing_changes_nothing() {
+        let api = iam(false);
+        api.fail("iam:DeleteAccessKey", AwsErrorKind::AccessDenied);
+        let r = rotate(api, FakeJournal::default(), two_sinks()).await;
+        assert_eq!(r.err().exit_code(), crate::error::exit::FAILURE);
+        assert!(r.new_keys().is_empty(), "no key was created");
+        assert_eq!(r.old("K1"), Some(KeyStatus::Active));
+        assert_eq!(r.old("K2"), Some(KeyStatus::Inactive));
+        assert!(r.untouched("K1"));
+        assert!(r.sinks.iter().all(|s| s.holds().is_none()));
+        assert!(!r.secret_kept());
+        assert!(!r.noted("note delete-new-key ok"), "nothing to compensate");
+        assert_eq!(r.progress.next, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn create_key_failing_keeps_the_freed_slot_and_touches_no_active_key() {
+        let api = iam(false);
+        api.fail("iam:CreateAccessKey", AwsErrorKind::AccessDenied);
+        let r = rotate(api, FakeJournal::default(), two_sinks()).await;
+        assert!(
+            r.err().to_string().contains("iam:CreateAccessKey"),
+            "{}",
+            r.err()
+        );
+        assert!(r.new_keys().is_empty());
+        assert_eq!(r.old("K1"), Some(KeyStatus::Active));
+        assert_eq!(r.old("K2"), None, "the planned free-slot deletion happened");
+        assert!(r.untouched("K1"));
+        assert!(r.sinks.iter().all(|s| s.holds().is_none()));
+        assert!(!r.secret_kept());
+        assert!(r.progress.new_key.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn verification_failing_deletes_the_new_key_and_erases_its_secret() {
+        let api = iam(true);
+        api.state.lock().unwrap().new_key_warmup = u32::MAX;
+        let r = rotate(api, FakeJournal::default(), two_sinks()).await;
+        let e = r.err();
+        assert!(matches!(e, Error::VerificationFailed { .. }), "{e}");
+        assert!(e.to_string().contains("deleted the new key"), "{e}");
+        assert!(r.new_keys().is_empty(), "compensated: the new key is gone");
+        assert_eq!(r.old("K1"), Some(KeyStatus::Active));
+        assert!(r.untouched("K1"));
+        assert!(r.sinks.iter().all(|s| s.holds().is_none()));
+        assert!(!r.secret_kept(), "no sealed secret outlives a deleted key");
+        assert!(r.noted("note delete-new-key ok"));
+        assert!(r.progress.new_key.is_none());
+        assert!(!r.progress.cleanup_pending);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_delivery_failing_before_writing_deletes_the_new_key() {
+        let sinks = vec![
+            FakeSink::failing("a", SinkStage::Deliver, Written::No),
+            FakeSink::new("b"),
+        ];
+        let r = rotate(iam(true), FakeJournal::default(), sinks).await;
+        assert!(matches!(r.err(), Error::CleanedUp { .. }), "{}", r.err());
+        assert!(r.new_keys().is_empty());
+        assert_eq!(r.old("K1"), Some(KeyStatus::Active));
+        assert!(r.untouched("K1"));
+        assert!(r.sinks.iter().all(|s| s.holds().is_none()));
+        assert!(!r.secret_kept());
+        assert!(r.noted("note delete-new-key ok"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_that_may_have_written_keeps_the_new_key_and_its_secret() {
+        let sinks = vec![
+            FakeSink::failing("a", SinkStage::Deliver, Written::Maybe),
+            FakeSink::new("b"),
+        ];
+        let r = rotate(iam(true), FakeJournal::default(), sinks).await;
+        let Error::PartialDelivery(p) = r.err() else {
+            panic!("{}", r.err())
+        };
+        assert_eq!(p.uncertain.as_deref(), Some("a"));
+        assert!(p.holding_new.is_empty());
+        assert_eq!(p.holding_old, ["b"]);
+        assert_eq!(r.new_keys().len(), 1, "kept: sink a may hold it");
+        assert_eq!(r.old("K1"), Some(KeyStatus::Active));
+        assert!(r.untouched("K1"));
+        assert!(
+            r.secret_kept(),
+            "resume needs the secret to deliver the rest"
+        );
+        assert!(!r.noted("note delete-new-key ok"));
+        assert!(r.progress.new_key.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn second_delivery_failing_keeps_the_new_key_the_first_sink_holds() {
+        let sinks = vec![
+            FakeSink::new("a"),
+            FakeSink::failing("b", SinkStage::Deliver, Written::No),
+        ];
+        let r = rotate(iam(true), FakeJournal::default(), sinks).await;
+        let Error::PartialDelivery(p) = r.err() else {
+            panic!("{}", r.err())
+        };
+        assert_eq!(p.holding_new, ["a"]);
+        assert_eq!(p.holding_old, ["b"]);
+        assert_eq!(p.uncertain, None);
+        let new = r.new_keys();
+        assert_eq!(new.len(), 1);
+        assert_eq!(r.sinks[0].holds().as_deref(), Some(new[0].0.as_str()));
+        assert_eq!(r.sinks[1].holds(), None);
+        assert_eq!(r.old("K1"), Some(KeyStatus::Active));
+        assert!(r.untouched("K1"));
+        assert!(r.secret_kept());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_back_failing_keeps_the_new_key_and_its_secret() {
+        let sinks = vec![
+            FakeSink::failing("a", SinkStage::Verify, Written::No),
+            FakeSink::new("b"),
+        ];
+        let r = rotate(iam(true), FakeJournal::default(), sinks).await;
+        let Error::PartialDelivery(p) = r.err() else {
+            panic!("{}", r.err())
+        };
+        assert_eq!(
+            p.holding_new,
+            ["a"],
+            "a was written; only its read-back failed"
+        );
+        assert_eq!(r.new_keys().len(), 1);
+        assert_eq!(r.old("K1"), Some(KeyStatus::Active));
+        assert!(r.untouched("K1"));
+        assert!(r.secret_kept());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deactivation_failing_after_delivery_keeps_both_keys_and_erases_the_secret() {
+        let api = iam(true);
+        api.fail("iam:UpdateAccessKey", AwsErrorKind::AccessDenied);
+        let r = rotate(api, FakeJournal::default(), two_sinks()).await;
+        let e = r.err();
+        assert!(
+            matches!(e, Error::AfterDelivery { step, .. } if step == "deactivate-old-key"),
+            "{e}"
+        );
+        assert_eq!(r.new_keys().len(), 1);
+        assert_eq!(r.old("K1"), Some(KeyStatus::Active));
+        assert!(r.sinks.iter().all(|s| s.holds().is_some()));
+        assert!(!r.secret_kept(), "every sink verified before retiring");
+        assert!(!r.noted("note delete-new-key ok"), "the new key is in use");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deletion_failing_leaves_the_old_key_inactive_and_the_new_one_in_use() {
+        let api = iam(true);
+        api.fail("iam:DeleteAccessKey", AwsErrorKind::AccessDenied);
+        let r = rotate(api, FakeJournal::default(), two_sinks()).await;
+        let e = r.err();
+        assert!(
+            matches!(e, Error::AfterDelivery { step, .. } if step == "delete-old-key"),
+            "{e}"
+        );
+        assert_eq!(r.new_keys().len(), 1);
+        assert_eq!(r.old("K1"), Some(KeyStatus::Inactive));
+        assert!(!r.secret_kept());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_compensation_that_fails_leaves_the_run_resumable() {
+        let api = iam(true);
+        api.state.lock().unwrap().new_key_warmup = u32::MAX;
+        api.fail("iam:DeleteAccessKey", AwsErrorKind::AccessDenied);
+        let r = rotate(api, FakeJournal::default(), two_sinks()).await;
+        let e = r.err();
+        assert!(
+            e.to_string().contains("could not delete the new key"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains(&format!("keyturn resume {RUN}")),
+            "{e}"
+        );
+        assert_eq!(r.new_keys().len(), 1, "still there: deleting it failed");
+        assert!(r.progress.cleanup_pending);
+        assert_eq!(
+            r.progress.created_key_id.as_deref(),
+            Some(r.new_keys()[0].0.as_str())
+        );
+        assert_eq!(r.old("K1"), Some(KeyStatus::Active));
+        assert!(r.untouched("K1"));
+        assert!(r.noted("note delete-new-key failed"));
+        assert!(
+            !r.secret_kept(),
+            "the key is being deleted: its secret is of no use"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_journal_that_cannot_record_the_new_key_deletes_it_at_once() {
+        let journal = FakeJournal::default();
+        journal.fail("key_created");
+        let r = rotate(iam(true), journal, two_sinks()).await;
+        let e = r.err();
+        assert!(
+            matches!(e, Error::CleanedUp { source, .. } if matches!(**source, Error::JournalIo(_))),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), crate::error::exit::FAILURE);
+        assert!(e.to_string().contains("deleted it again"), "{e}");
+        assert!(r.new_keys().is_empty());
+        assert_eq!(r.old("K1"), Some(KeyStatus::Active));
+        assert!(r.untouched("K1"));
+        assert!(r.sinks.iter().all(|s| s.holds().is_none()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_journal_failing_after_delivery_keeps_everything_and_says_what_aws_holds() {
+        let journal = FakeJournal::default();
+        journal.fail("delivered");
+        let r = rotate(iam(true), journal, two_sinks()).await;
+        let e = r.err();
+        let Error::JournalIo(j) = e else {
+            panic!("{e}")
+        };
+        let ctx = j.context.as_deref().unwrap_or_default();
+        let new = r.new_keys();
+        assert_eq!(new.len(), 1);
+        assert!(
+            ctx.contains(&format!("AWS holds the new key {}", new[0].0)),
+            "{ctx}"
+        );
+        assert!(ctx.contains("old keys are untouched"), "{ctx}");
+        assert!(ctx.contains(&format!("keyturn resume {RUN}")), "{ctx}");
+        assert_eq!(r.old("K1"), Some(KeyStatus::Active));
+        assert!(r.secret_kept(), "the erase itself failed");
+        assert!(r.progress.new_key.is_some());
+    }
+}

@@ -9,10 +9,16 @@
 //! - [`access`]: which accounts to work in and as whom (profiles, roles,
 //!   Organizations, refreshing role credentials), shared by audit and fleet runs;
 //! - [`journal`]: the durable record that makes rotations resumable;
+//! - [`outcome`]: how a run ends (journal status, report, exit code), shared by
+//!   `rotate`, `resume` and fleet runs;
+//! - [`profile_chain`], [`mfa`]: which profile's key a self-rotation rotates, and
+//!   the MFA session it signs IAM calls with;
 //! - [`printer`], [`report`]: the one place output is produced;
 //! - [`audit`]: the access-key audit rules, sources and output formats;
 //! - [`fleet`]: fleet runs: the policy file, the pure fleet planner, the report;
 //! - [`usage`]: who uses an access key, from CloudTrail management events;
+//! - [`validate`]: the local checks of user names, paths, profile names and run ids
+//!   made before any AWS call;
 //! - [`commands`]: one module per subcommand.
 
 pub mod access;
@@ -28,14 +34,18 @@ pub mod failpoint;
 pub(crate) mod fake;
 pub mod fleet;
 pub mod journal;
+pub mod mfa;
 pub mod model;
+pub mod outcome;
 pub mod plan;
 pub mod printer;
+pub mod profile_chain;
 pub mod remote;
 pub mod report;
 pub mod secret;
 pub mod sink;
 pub mod usage;
+pub mod validate;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -161,6 +161,14 @@ impl Printer {
         )
     }
 
+    /// Tests: stdout is `out` (a writer that fails, say), stderr is captured.
+    #[cfg(test)]
+    pub(crate) fn capture_stdout_into(out: Box<dyn Write + Send>) -> (Self, Captured) {
+        let (mut p, _, err) = Self::capture();
+        p.out = Arc::new(Mutex::new(out));
+        (p, err)
+    }
+
     /// stdout throws away what is written to it (`/dev/null`).
     pub fn stdout_discards(&self) -> bool {
         self.out_discards
@@ -387,7 +395,22 @@ fn render_env(r: &RotationReport, now: OffsetDateTime) -> String {
         Some(e) => s.push_str(&format!("# refused: {e}\n")),
         None => s.push_str("# feasible: yes (nothing was changed)\n"),
     }
-    s
+    all_comments(&s)
+}
+
+/// Every line of env-format text that is not the credentials stays a shell comment,
+/// whatever a detail or an error text holds (a line break in one would start a
+/// command): `eval` of a dry run or a delivery report must do nothing.
+fn all_comments(s: &str) -> String {
+    s.split_inclusive('\n')
+        .map(|l| {
+            if l.starts_with('#') {
+                l.to_string()
+            } else {
+                format!("#   {l}")
+            }
+        })
+        .collect()
 }
 
 fn render_json(r: &RotationReport) -> String {
@@ -450,7 +473,7 @@ pub fn render_delivery(
             if let Some(e) = &r.error {
                 s.push_str(&format!("# error: {e}\n"));
             }
-            s
+            all_comments(&s)
         }
         OutputFormat::Json => {
             let mut map = serde_json::Map::new();
@@ -696,5 +719,154 @@ pub fn render_history(runs: &[RunRecord], format: HistoryFormat) -> String {
             }
             format!("{t}\n")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::NewKey;
+    use crate::model::KeyStatus;
+    use crate::plan::{Mode, Step};
+    use crate::report::ActionRecord;
+    use crate::secret::SecretKey;
+
+    fn report() -> RotationReport {
+        RotationReport {
+            run_id: Some("20261121T231200.123Z-9f3a1c2b4d5e6f70".into()),
+            account: Some("123456789012".into()),
+            user_name: "ci-bot".into(),
+            mode: Mode::User,
+            dry_run: false,
+            inventory: vec![AccessKeyInfo {
+                access_key_id: "AKIAOLD0000000000001".into(),
+                status: KeyStatus::Active,
+                create_date: OffsetDateTime::UNIX_EPOCH,
+                usage: Usage::Never,
+            }],
+            actions: vec![],
+            new_key: None,
+            verification: None,
+            profiles_updated: vec![],
+            sinks: vec![],
+            error: None,
+        }
+    }
+
+    fn with_secret(secret: &str) -> RotationReport {
+        RotationReport {
+            new_key: Some(NewKey {
+                user_name: "ci-bot".into(),
+                access_key_id: "AKIANEW0000000000001".into(),
+                secret: SecretKey::new(secret),
+                create_date: OffsetDateTime::UNIX_EPOCH,
+            }),
+            ..report()
+        }
+    }
+
+    /// What a POSIX shell sees after `eval "$(keyturn rotate ...)"`.
+    fn eval_in_sh(text: &str) -> (String, String) {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{text}\nprintf '%s\\n%s' \"$AWS_ACCESS_KEY_ID\" \"$AWS_SECRET_ACCESS_KEY\""
+            ))
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .output()
+            .expect("run sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let o = String::from_utf8(out.stdout).unwrap();
+        let (id, secret) = o.split_once('\n').unwrap();
+        (id.to_string(), secret.to_string())
+    }
+
+    #[test]
+    fn env_output_round_trips_through_the_shell_whatever_the_secret() {
+        for secret in [
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "with space",
+            "it's",
+            "$(export AWS_ACCESS_KEY_ID=pwned)`id`$HOME",
+            "'';\"\\",
+            "",
+        ] {
+            let text = render_rotation(
+                &with_secret(secret),
+                OutputFormat::Env,
+                OffsetDateTime::UNIX_EPOCH,
+            );
+            let (id, got) = eval_in_sh(&text);
+            assert_eq!(id, "AKIANEW0000000000001");
+            assert_eq!(got, secret, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_plain_secret_is_not_quoted() {
+        let text = render_rotation(
+            &with_secret("abc/DEF+ghi="),
+            OutputFormat::Env,
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        assert_eq!(
+            text,
+            "export AWS_ACCESS_KEY_ID=AKIANEW0000000000001\nexport AWS_SECRET_ACCESS_KEY=abc/DEF+ghi=\n"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_in_env_format_is_all_comments_even_with_line_breaks_in_texts() {
+        let mut r = report();
+        r.dry_run = true;
+        r.actions = vec![ActionRecord::failed(
+            &Step::CreateKey {
+                reason: "new key".into(),
+            },
+            "AWS said:\nexport AWS_ACCESS_KEY_ID=EVIL".into(),
+        )];
+        r.error = Some("refused\nexport AWS_SECRET_ACCESS_KEY=EVIL\n".into());
+        let text = render_rotation(&r, OutputFormat::Env, OffsetDateTime::UNIX_EPOCH);
+        for line in text.lines() {
+            assert!(line.starts_with('#'), "{line:?} in\n{text}");
+        }
+        let (id, secret) = eval_in_sh(&text);
+        assert_eq!((id.as_str(), secret.as_str()), ("", ""), "eval set nothing");
+    }
+
+    #[test]
+    fn json_output_carries_the_secret_once_and_the_report_fields() {
+        let text = render_rotation(
+            &with_secret("s3cr3t/+="),
+            OutputFormat::Json,
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["UserName"], "ci-bot");
+        assert_eq!(v["AccessKeyId"], "AKIANEW0000000000001");
+        assert_eq!(v["SecretAccessKey"], "s3cr3t/+=");
+        assert_eq!(v["Status"], "Active");
+        assert_eq!(text.matches("s3cr3t/+=").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn a_delivery_report_in_env_format_is_all_comments() {
+        let mut r = report();
+        r.error = Some("sink a failed:\nexport AWS_SECRET_ACCESS_KEY=EVIL".into());
+        let text = render_delivery(
+            &r,
+            Some("AKIANEW0000000000001"),
+            OutputFormat::Env,
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        for line in text.lines() {
+            assert!(line.starts_with('#'), "{line:?} in\n{text}");
+        }
+        assert_eq!(eval_in_sh(&text), (String::new(), String::new()));
     }
 }

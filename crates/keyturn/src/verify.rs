@@ -161,3 +161,124 @@ pub async fn verify_key<A: KeyApi>(
         }
     }
 }
+
+/// Backoff and verification over tokio's paused clock: the waits are exact and the
+/// tests take no real time.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::NewKey;
+    use crate::fake::FakeApi;
+    use crate::model::KeyStatus;
+
+    fn policy(timeout_ms: u64, initial_ms: u64, max_ms: u64) -> VerifyPolicy {
+        VerifyPolicy {
+            timeout: Duration::from_millis(timeout_ms),
+            consecutive: 3,
+            initial_backoff: Duration::from_millis(initial_ms),
+            max_backoff: Duration::from_millis(max_ms),
+        }
+    }
+
+    fn ms(v: u64) -> Option<Duration> {
+        Some(Duration::from_millis(v))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_up_to_its_maximum() {
+        let mut b = Backoff::new(&policy(60_000, 250, 1_000));
+        let waits: Vec<_> = (0..5).map(|_| b.next_wait()).collect();
+        assert_eq!(waits, [ms(250), ms(500), ms(1000), ms(1000), ms(1000)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_never_waits_past_the_deadline_then_gives_up() {
+        let mut b = Backoff::new(&policy(1_000, 400, 5_000));
+        assert_eq!(b.next_wait(), ms(400));
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!(b.next_wait(), ms(600), "800 would overshoot the deadline");
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(b.next_wait(), None);
+        assert_eq!(b.next_wait(), None);
+    }
+
+    /// A user with one new key, signed with by the returned API.
+    async fn new_key_api(api: &FakeApi) -> FakeApi {
+        api.add_key("ci-bot", "K1", KeyStatus::Active, 10);
+        let key: NewKey = crate::aws::KeyApi::create_key(api, "ci-bot").await.unwrap();
+        crate::aws::KeyApi::as_key(api, &key)
+    }
+
+    const CI_BOT: Expected<'static> = Expected {
+        user_name: "ci-bot",
+        account: Some(crate::fake::ACCOUNT),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_resets_the_run_of_successes() {
+        let api = FakeApi::new(&["ci-bot"]);
+        let signed = new_key_api(&api).await;
+        api.state.lock().unwrap().whoami_script = [true, true, false, true, true, true].into();
+        let t0 = Instant::now();
+        let v = verify_key(&signed, &CI_BOT, &policy(60_000, 250, 5_000))
+            .await
+            .unwrap();
+        assert_eq!(
+            v.attempts, 6,
+            "two successes, a failure, then three in a row"
+        );
+        assert_eq!(
+            v.elapsed,
+            Duration::from_millis(250),
+            "one wait, after the failure"
+        );
+        assert_eq!(t0.elapsed(), Duration::from_millis(250));
+        assert_eq!(
+            v.arn,
+            format!("arn:aws:iam::{}:user/ci-bot", crate::fake::ACCOUNT)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_that_never_works_times_out_at_the_deadline() {
+        let api = FakeApi::new(&["ci-bot"]);
+        api.state.lock().unwrap().new_key_warmup = u32::MAX;
+        let signed = new_key_api(&api).await;
+        let t0 = Instant::now();
+        let f = verify_key(&signed, &CI_BOT, &policy(2_000, 250, 5_000))
+            .await
+            .unwrap_err();
+        // Attempts at 0, 250, 750, 1750 and 2000 ms (the last wait cut to the deadline).
+        let VerifyFailure::TimedOut { attempts, last } = &f else {
+            panic!("{f:?}")
+        };
+        assert_eq!(*attempts, 5);
+        assert!(last.contains("InvalidClientTokenId"), "{last}");
+        assert_eq!(t0.elapsed(), Duration::from_millis(2_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_of_somebody_else_fails_at_once() {
+        let api = FakeApi::new(&["ci-bot"]);
+        let signed = new_key_api(&api).await;
+        let other = Expected {
+            user_name: "deploy-bot",
+            account: Some(crate::fake::ACCOUNT),
+        };
+        let t0 = Instant::now();
+        let f = verify_key(&signed, &other, &policy(60_000, 250, 5_000))
+            .await
+            .unwrap_err();
+        assert!(matches!(f, VerifyFailure::WrongIdentity { .. }), "{f:?}");
+        assert!(f.to_string().contains("user/ci-bot"), "{f}");
+        assert_eq!(t0.elapsed(), Duration::ZERO, "never retried");
+        let wrong_account = Expected {
+            user_name: "ci-bot",
+            account: Some("210987654321"),
+        };
+        let f = verify_key(&signed, &wrong_account, &policy(60_000, 250, 5_000))
+            .await
+            .unwrap_err();
+        assert!(matches!(f, VerifyFailure::WrongIdentity { .. }), "{f:?}");
+    }
+}

@@ -8,11 +8,11 @@
 //! profile files.
 
 use crate::aws::{NewKey, SdkKeyApi};
-use crate::commands::rotate::finish_run;
 use crate::credfile::SharedFiles;
 use crate::engine::{sink_reports, CreateWindow, Engine, Progress};
 use crate::error::{exit, Error, Result};
 use crate::journal::{Journal, RunRecord, RunStatus, StepPhase};
+use crate::outcome::finish_run;
 use crate::plan::{Mode, Step};
 use crate::printer::{OutputFormat, Printer};
 use crate::remote::RemoteConfig;
@@ -287,8 +287,7 @@ async fn caller_api(
                     meta.run_id
                 ))
             })?;
-            let session = base.session_with_mfa(serial, code).await?;
-            Ok(base.with_session(&session))
+            crate::mfa::session_api(&base, serial, code).await
         }
     }
 }

@@ -7,16 +7,19 @@
 //! `--dry-run`) run the plan through the [`crate::engine::Engine`] with a journal.
 
 use crate::aws::{KeyApi, SdkKeyApi};
-use crate::credfile::{FileProfileWriter, ProfileSource, SharedFiles};
-use crate::engine::{report_of, Engine, Progress};
+use crate::credfile::{FileProfileWriter, SharedFiles};
+use crate::engine::{Engine, Progress};
 use crate::error::{exit, Error, Result};
-use crate::journal::{Journal, RunMeta, RunStatus};
+use crate::journal::{Journal, RunMeta};
+use crate::mfa;
 use crate::model::{Inventory, Usage};
+/// Moved to [`crate::outcome`]; re-exported for callers of its old path.
+pub use crate::outcome::finish_run;
 use crate::plan::{plan_rotation, Mode, PlanOptions, Refusal};
 use crate::printer::{OutputFormat, Printer};
+use crate::profile_chain::{rotatable_profile, ChainPolicy, RotatableProfile};
 use crate::remote::RemoteConfig;
 use crate::report::{ActionRecord, ProfileUpdate, RotationReport};
-use crate::secret::SecretKey;
 use crate::sink::profiles::ProfilesSpec;
 use crate::sink::stdout::StdoutSpec;
 use crate::sink::{SinkEnv, SinkSet, SinkSpec};
@@ -161,69 +164,6 @@ pub async fn rotate_with<A: KeyApi, J: Journal>(
     run(api, env, subject, settings, journal, printer).await
 }
 
-/// Follow `name` to the profile whose static key is rotated (itself, or the
-/// `source_profile` of a role profile when allowed): that profile, its key id and
-/// secret. Refusals are exit 2.
-fn rotatable_profile(
-    files: &SharedFiles,
-    name: &str,
-    settings: &RotateSettings,
-    printer: &Printer,
-) -> Result<(String, String, SecretKey)> {
-    let mut current = name.to_string();
-    for _ in 0..5 {
-        match files.source(&current)? {
-            ProfileSource::Static { key_id, secret } => return Ok((current, key_id, secret)),
-            ProfileSource::AssumeRole {
-                role_arn,
-                source_profile: Some(source),
-            } => {
-                let msg = format!(
-                    "profile '{current}' assumes role {role_arn}; its long-term key belongs to source_profile '{source}'"
-                );
-                let allowed = settings.source_profile_ok
-                    || (settings.interactive
-                        && printer.confirm(&format!("{msg}. Rotate the key of '{source}' instead?")));
-                if !allowed {
-                    return Err(Error::InvalidInput(format!(
-                        "{msg}. Re-run with --source-profile-ok to rotate '{source}' instead (or rotate it with --profile {source}); nothing was changed"
-                    )));
-                }
-                printer.status(&format!("keyturn: {msg}; rotating the key of '{source}'"));
-                current = source;
-            }
-            ProfileSource::AssumeRole { role_arn, .. } => {
-                return Err(Error::InvalidInput(format!(
-                    "profile '{current}' assumes role {role_arn} without a source_profile (credential_source?); it has no key keyturn can rotate"
-                )))
-            }
-            ProfileSource::Temporary => {
-                return Err(Error::InvalidInput(format!(
-                    "profile '{current}' holds temporary credentials (aws_session_token or an ASIA key); they expire on their own. Rotate the long-term key they were made from instead"
-                )))
-            }
-            ProfileSource::Sso => {
-                return Err(Error::InvalidInput(format!(
-                    "profile '{current}' uses IAM Identity Center (SSO); it has no access key to rotate. Use `aws sso login` to refresh it"
-                )))
-            }
-            ProfileSource::Process => {
-                return Err(Error::InvalidInput(format!(
-                    "profile '{current}' gets credentials from credential_process; rotate them in the tool that process calls"
-                )))
-            }
-            ProfileSource::Empty => {
-                return Err(Error::InvalidInput(format!(
-                    "profile '{current}' has no aws_access_key_id/aws_secret_access_key pair to rotate"
-                )))
-            }
-        }
-    }
-    Err(Error::InvalidInput(format!(
-        "profile '{name}': source_profile chain is longer than 5 profiles (a loop?)"
-    )))
-}
-
 async fn rotate_own_profile<J: Journal>(
     name: &str,
     settings: &RotateSettings,
@@ -232,7 +172,19 @@ async fn rotate_own_profile<J: Journal>(
 ) -> Result<i32> {
     let writer = FileProfileWriter::from_env();
     let files = SharedFiles::load(&writer.credentials, &writer.config)?;
-    let (profile, key_id, secret) = rotatable_profile(&files, name, settings, printer)?;
+    let RotatableProfile {
+        profile,
+        key_id,
+        secret,
+    } = rotatable_profile(
+        &files,
+        name,
+        ChainPolicy {
+            source_profile_ok: settings.source_profile_ok,
+            interactive: settings.interactive,
+        },
+        printer,
+    )?;
     // Files keyturn could not replace safely are refused before any AWS call.
     writer.preflight()?;
     // Region and endpoint settings come from the named profile; the credentials are
@@ -249,24 +201,24 @@ async fn rotate_own_profile<J: Journal>(
         )));
     };
     let sink_env = sink_env(&remote.load().await, settings, printer);
-    let mfa_serial = files
-        .get(&profile, "mfa_serial")
-        .or_else(|| files.get(name, "mfa_serial"));
+    let mfa_serial = mfa::serial_of(&files, &profile, name);
     let iam = match &mfa_serial {
         None => base.clone(),
         Some(serial) => {
-            let code = match &settings.mfa_code {
-                Some(c) => c.clone(),
-                None if settings.interactive => printer.ask(&format!("MFA code for {serial}: ")),
-                None => {
-                    return Err(Error::InvalidInput(format!(
-                        "profile '{profile}' has mfa_serial {serial}: pass --mfa-code CODE (IAM calls use an MFA session from the current key)"
-                    )))
-                }
-            };
-            let session = base.session_with_mfa(serial, code.trim()).await?;
+            let code = mfa::code(
+                settings.mfa_code.as_deref(),
+                serial,
+                settings.interactive,
+                printer,
+                || {
+                    Error::InvalidInput(format!(
+                    "profile '{profile}' has mfa_serial {serial}: pass --mfa-code CODE (IAM calls use an MFA session from the current key)"
+                ))
+                },
+            )?;
+            let api = mfa::session_api(&base, serial, &code).await?;
             printer.status(&format!("keyturn: using an MFA session for {serial}"));
-            base.with_session(&session)
+            api
         }
     };
     let subject = Subject {
@@ -444,75 +396,6 @@ async fn plan_and_run<A: KeyApi, J: Journal>(
     )
     .await;
     finish_run(&meta, progress, result, journal, printer).await
-}
-
-/// Close a run: record how it ended and report it. The credentials were printed by
-/// the `stdout` sink, if the run had one; a run that delivered only to other sinks
-/// prints its report (without the secret) here. Shared by `rotate` and `resume`.
-pub async fn finish_run<J: Journal>(
-    meta: &RunMeta,
-    progress: Progress,
-    result: Result<()>,
-    journal: &J,
-    printer: &Printer,
-) -> Result<i32> {
-    let mut report = report_of(
-        meta,
-        &progress,
-        result.as_ref().err().map(|e| e.to_string()),
-    );
-    let state = crate::engine::aws_state(meta, &progress);
-    let status = match &result {
-        Ok(()) => RunStatus::Succeeded,
-        Err(Error::PartialDelivery(_)) => RunStatus::Incomplete,
-        // The journal failed mid-run while a new key exists: resume finishes it.
-        Err(Error::JournalIo(_)) if progress.new_key_id().is_some() => RunStatus::Incomplete,
-        Err(_) if progress.cleanup_pending => RunStatus::Incomplete,
-        Err(_) if progress.new_key.is_some() => RunStatus::FailedAfterDelivery,
-        Err(_) => RunStatus::Failed,
-    };
-    for p in &report.profiles_updated {
-        printer.status(&format!("keyturn: updated profile {p}"));
-    }
-    let printed_by_sink = meta.sinks.iter().any(|s| matches!(s, SinkSpec::Stdout(_)));
-    if !printed_by_sink && report.new_key.is_some() {
-        // Delivered elsewhere: the report says where, and never carries the secret.
-        report.new_key = None;
-        let format = crate::printer::OutputFormat::parse(&meta.output).unwrap_or_default();
-        printer
-            .delivery_report(
-                &report,
-                progress.new_key.as_ref().map(|k| k.access_key_id.as_str()),
-                format,
-            )
-            .map_err(|e| Error::io("writing the report to stdout", e))?;
-    }
-    match result {
-        Ok(()) => {
-            journal
-                .finish(&meta.run_id, status, None)
-                .await
-                .map_err(|e| e.with_journal_context(|| state.clone()))?;
-            if let Some(k) = &progress.new_key {
-                let to: Vec<&str> = meta.sinks.iter().map(|s| s.name()).collect();
-                printer.status(&format!(
-                    "keyturn: rotated {}: new key {} delivered to {} (run {})",
-                    meta.user_name,
-                    k.access_key_id,
-                    to.join(", "),
-                    meta.run_id
-                ));
-            }
-            Ok(exit::SUCCESS)
-        }
-        Err(e) => {
-            journal
-                .finish(&meta.run_id, status, Some(&e.to_string()))
-                .await
-                .map_err(|je| je.with_journal_context(|| state.clone()))?;
-            Err(e)
-        }
-    }
 }
 
 /// Fill in each key's last use (`iam:GetAccessKeyLastUsed`).

@@ -791,12 +791,9 @@ fn valid_account_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
-/// IAM paths: `/`, or `/` + printable ASCII + `/`, at most 512 characters.
+/// IAM paths (see [`crate::validate::is_path`]).
 fn valid_path_prefix(p: &str) -> bool {
-    p.len() <= 512
-        && p.starts_with('/')
-        && p.ends_with('/')
-        && p.chars().all(|c| ('!'..='~').contains(&c))
+    crate::validate::is_path(p)
 }
 
 /// STS external ids: 2-1224 of `\w+=,.@:/-`.
@@ -939,11 +936,15 @@ fn resolve_accounts(
         }
         let mut access = None;
         if let Some(pr) = &af.profile {
-            if pr.get_ref().trim().is_empty() {
+            if !crate::validate::is_profile_name(pr.get_ref()) {
                 errs.push(
                     format!("{p}.profile"),
                     Some(pr.span()),
-                    "a profile name must not be empty",
+                    if pr.get_ref().trim().is_empty() {
+                        "a profile name must not be empty"
+                    } else {
+                        crate::validate::PROFILE_RULE
+                    },
                 );
             }
             access = Some(Access::Profile {
