@@ -12,6 +12,7 @@
 //! - [`printer`], [`report`]: the one place output is produced;
 //! - [`audit`]: the access-key audit rules, sources and output formats;
 //! - [`fleet`]: fleet runs: the policy file, the pure fleet planner, the report;
+//! - [`privilege`]: the least-privilege IAM policy of a configuration;
 //! - [`usage`]: who uses an access key, from CloudTrail management events;
 //! - [`commands`]: one module per subcommand.
 
@@ -31,6 +32,7 @@ pub mod journal;
 pub mod model;
 pub mod plan;
 pub mod printer;
+pub mod privilege;
 pub mod remote;
 pub mod report;
 pub mod secret;
