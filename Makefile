@@ -8,7 +8,7 @@ CARGO ?= cargo
 # The journal crash tests need the failpoints feature (compiled out of normal builds).
 TEST_FEATURES := --features keyturn-cli/failpoints
 
-.PHONY: demo test venv build lint unit bench man clean
+.PHONY: demo test venv build lint unit bench man clean deploy-check
 
 # The venv is complete once its stamp exists; the stamp is newer than every
 # requirements file it was built from. (A stamp file, not bin/python: that is a
@@ -27,6 +27,21 @@ $(VPY): $(VENV_STAMP)
 
 venv: $(VENV_STAMP)
 
+# The template validators (cfn-lint, checkov, python-hcl2) live in their own venv:
+# checkov pins an older boto3 than moto wants.
+DEPLOY_VENV := .venv-deploy
+DEPLOY_STAMP := $(DEPLOY_VENV)/.keyturn-installed
+
+$(DEPLOY_STAMP): deploy/requirements.txt
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet -r deploy/requirements.txt
+	touch $@
+
+## Validate the deployment templates offline (see docs/deploy.md).
+deploy-check: $(DEPLOY_STAMP)
+	$(DEPLOY_VENV)/bin/python deploy/check.py
+
 build:
 	$(CARGO) build --locked -p keyturn-cli
 
@@ -40,7 +55,7 @@ lint:
 
 ## Install what the tests need, then run the whole suite (emulator and service-fixture
 ## self-tests, unit, emulator integration).
-test: venv lint
+test: venv lint deploy-check
 	$(VPY) emulator/selftest.py > /dev/null
 	$(VPY) fixtures/selftest.py
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -61,4 +76,4 @@ bench: venv
 	bash bench/run.sh
 
 clean:
-	rm -rf $(VENV) target
+	rm -rf $(VENV) $(DEPLOY_VENV) target

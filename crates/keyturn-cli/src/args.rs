@@ -8,6 +8,7 @@ use keyturn::audit::{AuditOptions, Policy, Source};
 use keyturn::commands::audit::AuditSettings;
 use keyturn::commands::config_check::ConfigCheckSettings;
 use keyturn::commands::history::HistorySettings;
+use keyturn::commands::policy::{PolicyFormat, PolicySettings};
 use keyturn::commands::resume::ResumeSettings;
 use keyturn::commands::rollback::RollbackSettings;
 use keyturn::commands::rotate::{KeyOwner, RotateSettings};
@@ -16,6 +17,7 @@ use keyturn::error::{Error, Result};
 use keyturn::journal::JournalSettings;
 use keyturn::plan::PlanOptions;
 use keyturn::printer::{HistoryFormat, OutputFormat};
+use keyturn::privilege::Target;
 use keyturn::remote::RemoteConfig;
 use keyturn::validate;
 use keyturn::verify::VerifyPolicy;
@@ -110,6 +112,78 @@ pub enum Command {
     /// Work with the settings file.
     #[command(subcommand)]
     Config(ConfigCommand),
+
+    /// Print the least-privilege IAM policy for what the settings file does (its
+    /// rotations, retirements, sinks, journal and accounts). No AWS call.
+    #[command(after_help = POLICY_AFTER_HELP)]
+    Policy(PolicyArgs),
+}
+
+const POLICY_AFTER_HELP: &str = "\
+Placeholders (fill them in with --set, or let a template do it): ${Partition},
+${Account} and ${Region} (where keyturn's own credentials work), ${OrganizationId}
+(with an organization account entry), ${RotatorRoleArn} (member-role trust policy).
+
+Examples:
+  keyturn policy --for cli --set Partition=aws --set Account=123456789012 --set Region=eu-west-1
+  keyturn policy --for member-role --format yaml
+
+Exit codes:
+  0  printed
+  2  the settings are invalid, or the target cannot run them (e.g. --for lambda with
+     an SQLite journal)";
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PolicyTarget {
+    /// The credentials keyturn runs with from cron, systemd or a shell.
+    Cli,
+    /// The Lambda function's execution role.
+    Lambda,
+    /// The role assumed in each member account: its policy and its trust policy.
+    MemberRole,
+    /// An IAM user rotating its own key (rotate --profile), scoped to ${aws:username}.
+    #[value(name = "self")]
+    SelfRotation,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PolicyFormatArg {
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// The principal the policy is for.
+    #[arg(long = "for", value_enum, default_value = "cli", value_name = "TARGET")]
+    pub target: PolicyTarget,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "json", value_name = "FORMAT")]
+    pub format: PolicyFormatArg,
+
+    /// Fill in a placeholder: Partition, Account, Region, OrganizationId or
+    /// RotatorRoleArn (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl PolicyArgs {
+    pub fn resolve(&self) -> Result<PolicySettings> {
+        Ok(PolicySettings {
+            target: match self.target {
+                PolicyTarget::Cli => Target::Cli,
+                PolicyTarget::Lambda => Target::Lambda,
+                PolicyTarget::MemberRole => Target::MemberRole,
+                PolicyTarget::SelfRotation => Target::SelfRotation,
+            },
+            format: match self.format {
+                PolicyFormatArg::Json => PolicyFormat::Json,
+                PolicyFormatArg::Yaml => PolicyFormat::Yaml,
+            },
+            vars: PolicySettings::parse_vars(&self.set)?,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -110,6 +110,9 @@ async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
             let settings = args::ConfigCommand::check_settings(cli.config.clone());
             keyturn::commands::config_check::config_check(&settings, printer).await
         }
+        Command::Policy(a) => {
+            keyturn::commands::policy::policy(&a.resolve()?, &file, &journal, printer).await
+        }
         Command::Completions(_) => unreachable!("handled above"),
     }
 }

@@ -16,6 +16,7 @@
 //! - [`printer`], [`report`]: the one place output is produced;
 //! - [`audit`]: the access-key audit rules, sources and output formats;
 //! - [`fleet`]: fleet runs: the policy file, the pure fleet planner, the report;
+//! - [`privilege`]: the least-privilege IAM policy of a configuration;
 //! - [`usage`]: who uses an access key, from CloudTrail management events;
 //! - [`validate`]: the local checks of user names, paths, profile names and run ids
 //!   made before any AWS call;
@@ -39,6 +40,7 @@ pub mod model;
 pub mod outcome;
 pub mod plan;
 pub mod printer;
+pub mod privilege;
 pub mod profile_chain;
 pub mod remote;
 pub mod report;

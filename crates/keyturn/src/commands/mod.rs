@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod config_check;
 pub mod history;
+pub mod policy;
 pub mod resume;
 pub mod rollback;
 pub mod rotate;
