@@ -13,7 +13,8 @@
 //! - [`audit`]: the access-key audit rules, sources and output formats;
 //! - [`fleet`]: fleet runs: the policy file, the pure fleet planner, the report;
 //! - [`usage`]: who uses an access key, from CloudTrail management events;
-//! - [`commands`]: one module per subcommand.
+//! - [`commands`]: one module per subcommand;
+//! - [`lambda`]: the `keyturn-lambda` function's event shapes and handlers.
 
 pub mod access;
 pub mod audit;
@@ -28,6 +29,7 @@ pub mod failpoint;
 pub(crate) mod fake;
 pub mod fleet;
 pub mod journal;
+pub mod lambda;
 pub mod model;
 pub mod plan;
 pub mod printer;
