@@ -6,7 +6,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 CARGO ?= cargo
 # The journal crash tests need the failpoints feature (compiled out of normal builds).
-TEST_FEATURES := --features keyturn-cli/failpoints
+TEST_FEATURES := --features keyturn-cli/failpoints,keyturn-lambda/failpoints
 
 .PHONY: demo test venv build lint unit bench man clean deploy-check
 

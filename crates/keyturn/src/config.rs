@@ -34,6 +34,9 @@ pub struct FileConfig {
     /// `[usage]`: where CloudTrail is asked who uses a key.
     #[serde(default)]
     pub usage: UsageFile,
+    /// `[lambda]`: the `keyturn-lambda` function (see [`crate::lambda`]).
+    #[serde(default)]
+    pub lambda: LambdaFile,
     /// The file this was read from (for line numbers in later errors).
     #[serde(skip)]
     pub origin: Option<Origin>,
@@ -86,6 +89,30 @@ pub struct UsageFile {
     /// Regions whose CloudTrail `LookupEvents` is asked. Unset: the account's enabled
     /// regions (`account:ListRegions`).
     pub regions: Option<Vec<String>>,
+}
+
+/// `[lambda]`: settings of the `keyturn-lambda` function only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LambdaFile {
+    /// Free a key slot by deleting any Inactive key (default: only the key keyturn
+    /// itself retired in the previous rotation).
+    pub delete_inactive: Option<bool>,
+    /// Seconds before the invocation's deadline after which no new work starts
+    /// (default 30).
+    pub deadline_margin_seconds: Option<u64>,
+    /// Secrets Manager rotation: which `[[sinks]]` `setSecret` delivers to, per secret.
+    #[serde(default)]
+    pub secrets: Vec<LambdaSecretFile>,
+}
+
+/// `[[lambda.secrets]]`: the sinks of the secrets whose name or ARN matches `secret`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LambdaSecretFile {
+    /// A glob over the secret's name or ARN (`keyturn/*`).
+    pub secret: String,
+    pub sinks: Vec<String>,
 }
 
 /// `$XDG_CONFIG_HOME/keyturn/config.toml` (or `~/.config/…`).

@@ -20,7 +20,8 @@
 //! - [`usage`]: who uses an access key, from CloudTrail management events;
 //! - [`validate`]: the local checks of user names, paths, profile names and run ids
 //!   made before any AWS call;
-//! - [`commands`]: one module per subcommand.
+//! - [`commands`]: one module per subcommand;
+//! - [`lambda`]: the `keyturn-lambda` function's event shapes and handlers.
 
 pub mod access;
 pub mod audit;
@@ -35,6 +36,7 @@ pub mod failpoint;
 pub(crate) mod fake;
 pub mod fleet;
 pub mod journal;
+pub mod lambda;
 pub mod mfa;
 pub mod model;
 pub mod outcome;
