@@ -34,6 +34,7 @@ pub mod printer;
 pub mod remote;
 pub mod report;
 pub mod secret;
+pub mod serve;
 pub mod sink;
 pub mod usage;
 pub mod verify;
