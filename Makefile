@@ -8,7 +8,7 @@ CARGO ?= cargo
 # The journal crash tests need the failpoints feature (compiled out of normal builds).
 TEST_FEATURES := --features keyturn-cli/failpoints,keyturn-lambda/failpoints
 
-.PHONY: demo test venv build lint unit bench man clean deploy-check
+.PHONY: demo test venv build lint unit bench man clean deploy-check browser
 
 # The venv is complete once its stamp exists; the stamp is newer than every
 # requirements file it was built from. (A stamp file, not bin/python: that is a
@@ -53,9 +53,30 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets $(TEST_FEATURES) -- -D warnings
 
+## The browser tests of `keyturn serve` (crates/keyturn-cli/tests/serve.rs): Debian's
+## Chromium and ChromeDriver, and playwright-core from npm (it drives /usr/bin/chromium;
+## it never downloads a browser). Idempotent: apt-get only when chromium is missing,
+## npm ci only when the lock file changed.
+BROWSER_DIR := crates/keyturn-cli/tests/browser
+BROWSER_STAMP := $(BROWSER_DIR)/node_modules/.keyturn-installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(BROWSER_STAMP): $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
+	fi
+	@if ! command -v npm >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; \
+	fi
+	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+browser: $(BROWSER_STAMP)
+
 ## Install what the tests need, then run the whole suite (emulator and service-fixture
-## self-tests, unit, emulator integration).
-test: venv lint deploy-check
+## self-tests, unit, emulator integration, browser).
+test: venv lint deploy-check browser
 	$(VPY) emulator/selftest.py > /dev/null
 	$(VPY) fixtures/selftest.py
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

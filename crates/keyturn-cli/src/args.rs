@@ -113,6 +113,10 @@ pub enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
 
+    /// A local web page of the fleet: every selected user's keys, outcome now, last run
+    /// and next due date, journal history, a Rotate now button (see docs/serve.md).
+    #[command(after_help = SERVE_AFTER_HELP)]
+    Serve(ServeArgs),
     /// Print the least-privilege IAM policy for what the settings file does (its
     /// rotations, retirements, sinks, journal and accounts). No AWS call.
     #[command(after_help = POLICY_AFTER_HELP)]
@@ -183,6 +187,51 @@ impl PolicyArgs {
             },
             vars: PolicySettings::parse_vars(&self.set)?,
         })
+    }
+}
+
+const SERVE_AFTER_HELP: &str = "\
+Opens no browser: it prints the URL with a fresh access token on stderr once; the
+page trades it for a cookie. Every request needs the token; POSTs from the page also
+need its CSRF token. Ctrl-C stops the server.
+
+Exit codes:
+  0  stopped with Ctrl-C
+  2  invalid settings (a non-loopback --listen without --token-file, no [[rotations]])
+  1  could not listen, or AWS/journal failure at start";
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Not a loopback address only with --token-file.
+    #[arg(
+        long,
+        env = "KEYTURN_SERVE_LISTEN",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:8787"
+    )]
+    pub listen: std::net::SocketAddr,
+
+    /// Read the access token from this file (its first line, at least 16 characters)
+    /// instead of generating one; required for a non-loopback --listen.
+    #[arg(long, env = "KEYTURN_SERVE_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Show only: no Rotate now or Resume button, every POST refused (403).
+    #[arg(long)]
+    pub read_only: bool,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+impl ServeArgs {
+    pub fn resolve(&self) -> keyturn::commands::serve::ServeCommandSettings {
+        keyturn::commands::serve::ServeCommandSettings {
+            listen: self.listen,
+            token_file: self.token_file.clone(),
+            read_only: self.read_only,
+            remote: self.remote.remote(),
+        }
     }
 }
 

@@ -113,6 +113,15 @@ async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
         Command::Policy(a) => {
             keyturn::commands::policy::policy(&a.resolve()?, &file, &journal, printer).await
         }
+        Command::Serve(a) => {
+            let settings = a.resolve();
+            let j = if settings.read_only {
+                journal.open_read_only(&settings.remote).await?
+            } else {
+                journal.open(&settings.remote).await?
+            };
+            keyturn::commands::serve::serve(&settings, &file, j, printer).await
+        }
         Command::Completions(_) => unreachable!("handled above"),
     }
 }

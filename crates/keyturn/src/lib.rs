@@ -47,6 +47,7 @@ pub mod profile_chain;
 pub mod remote;
 pub mod report;
 pub mod secret;
+pub mod serve;
 pub mod sink;
 pub mod usage;
 pub mod validate;

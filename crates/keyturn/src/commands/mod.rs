@@ -9,3 +9,4 @@ pub mod resume;
 pub mod rollback;
 pub mod rotate;
 pub mod run;
+pub mod serve;

@@ -15,7 +15,7 @@
 //! the finding details in words, and the summary texts.
 
 mod csv;
-mod html;
+pub mod html;
 mod json;
 mod markdown;
 mod table;
