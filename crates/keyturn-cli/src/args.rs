@@ -4,6 +4,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use keyturn::access::{is_role_arn, is_role_name};
 use keyturn::audit::render::Format;
+use keyturn::audit::usage::UsageOptions;
 use keyturn::audit::{AuditOptions, Policy, Source};
 use keyturn::commands::audit::AuditSettings;
 use keyturn::commands::config_check::ConfigCheckSettings;
@@ -729,6 +730,13 @@ pub struct AuditArgs {
     /// Send AWS requests to this endpoint (also AWS_ENDPOINT_URL), e.g. a local emulator.
     #[arg(long, value_name = "URL")]
     pub endpoint_url: Option<String>,
+
+    /// Also list who uses each Active key: CloudTrail consumers (source IP, user agent,
+    /// events, APIs) of the last 90 days, in the regions of [usage] regions (default:
+    /// the account's enabled regions). Needs cloudtrail:LookupEvents; 2 lookups/s per
+    /// region, one or more per key.
+    #[arg(long)]
+    pub usage: bool,
 }
 
 impl AuditArgs {
@@ -770,6 +778,9 @@ impl AuditArgs {
                 "--role-name {n:?}: expected an IAM role name (1-64 of A-Z a-z 0-9 + = , . @ _ -)"
             ));
         }
+        if let Some(regions) = file.usage.regions.as_deref().filter(|_| self.usage) {
+            keyturn::usage::validate_regions(regions)?;
+        }
         let color = self.out.is_none()
             && std::io::IsTerminal::is_terminal(&std::io::stdout())
             && std::env::var_os("NO_COLOR").is_none();
@@ -798,6 +809,9 @@ impl AuditArgs {
                     SourceArg::Api => Source::Api,
                 },
                 concurrency,
+                usage: self.usage.then(|| UsageOptions {
+                    regions: file.usage.regions.clone(),
+                }),
             },
             format: match self.format {
                 FormatArg::Table => Format::Table,

@@ -823,3 +823,272 @@ fn html_report_is_one_self_contained_well_formed_file() {
         assert!(!lower.contains(banned), "{banned} in the HTML");
     }
 }
+
+// ---- --usage: CloudTrail consumers of each Active key ------------------------------
+
+const CLI_UA: &str =
+    "aws-cli/2.15.30 Python/3.11.6 Linux/6.1.0 exe/x86_64.debian.12 prompt/off command/s3.ls";
+
+/// The only key of `user`.
+fn only_key(emu: &Emulator, user: &str) -> String {
+    let keys = emu.keys(user);
+    assert_eq!(keys.len(), 1, "{user}: {keys:?}");
+    keys[0].0.clone()
+}
+
+/// The golden users, with CloudTrail events: app-old's key is used by aws-cli from
+/// 10.0.4.17 (120 calls in eu-west-1 over ~10 h: three pages) and by terraform from
+/// 10.0.9.9 in us-east-1; ci+bot's key by a host whose user agent is hostile. app-ok's
+/// key has no events. `[usage] regions` = us-east-1, eu-west-1.
+fn usage_emulator() -> Emulator {
+    let emu = golden_emulator();
+    let old = only_key(&emu, "app-old");
+    let bot = only_key(&emu, "ci+bot");
+    let r = emu.post(
+        "/_keyturn/cloudtrail/events",
+        json!({ "events": [{
+            "access_key_id": old, "event_name": "ListBuckets",
+            "event_source": "s3.amazonaws.com", "aws_region": "eu-west-1",
+            "source_ip": "10.0.4.17", "user_agent": CLI_UA, "hours_ago": 1,
+            "count": 120, "interval_seconds": 300,
+        }, {
+            "access_key_id": old, "event_name": "DescribeInstances",
+            "event_source": "ec2.amazonaws.com", "aws_region": "eu-west-1",
+            "source_ip": "10.0.4.17", "user_agent": CLI_UA, "hours_ago": 2,
+        }, {
+            "access_key_id": old, "event_name": "GetUser", "event_source": "iam.amazonaws.com",
+            "source_ip": "10.0.9.9", "user_agent": "terraform/1.7.0", "hours_ago": 5,
+            "count": 3, "interval_seconds": 3600,
+        }, {
+            "access_key_id": bot, "event_name": "GetCallerIdentity",
+            "event_source": "sts.amazonaws.com", "source_ip": "192.0.2.8",
+            "user_agent": "=cmd|' /C calc'!A0 <b>x</b>", "hours_ago": 30,
+        }] }),
+    );
+    assert!(r.is_object(), "{r}");
+    let dir = emu.dir.path().join("config/keyturn");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        "[usage]\nregions = [\"us-east-1\", \"eu-west-1\"]\n",
+    )
+    .unwrap();
+    emu
+}
+
+/// `(user, [(source ip, tool, events)])` of every row that has `Consumers`.
+fn consumers_by_user(v: &Value) -> BTreeMap<String, Vec<(String, String, u64)>> {
+    let mut out = BTreeMap::new();
+    for r in v["Rows"].as_array().unwrap() {
+        if let Some(list) = r["Consumers"].as_array() {
+            let found = list
+                .iter()
+                .map(|c| {
+                    (
+                        c["SourceIp"].as_str().unwrap().to_string(),
+                        c["UserAgent"]
+                            .as_str()
+                            .unwrap()
+                            .split(' ')
+                            .next()
+                            .unwrap()
+                            .to_string(),
+                        c["Events"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            out.insert(r["User"].as_str().unwrap().to_string(), found);
+        }
+    }
+    out
+}
+
+#[test]
+fn usage_names_the_consumers_of_each_active_key_in_both_sources() {
+    let emu = usage_emulator();
+    let want: BTreeMap<String, Vec<(String, String, u64)>> = [
+        ("app-ok", vec![]),
+        (
+            "app-old",
+            vec![
+                ("10.0.4.17".into(), "aws-cli/2.15.30".into(), 121),
+                ("10.0.9.9".into(), "terraform/1.7.0".into(), 3),
+            ],
+        ),
+        ("ci+bot", vec![("192.0.2.8".into(), "=cmd|'".into(), 1)]),
+        ("dual", vec![]),
+    ]
+    .into_iter()
+    .map(|(u, c)| (u.to_string(), c))
+    .collect();
+    for source in ["report", "api"] {
+        emu.reset_stats();
+        let run = audit(&emu, &["--usage", "--format", "json", "--source", source]);
+        run.assert_code(3);
+        let v = run.json();
+        assert_eq!(v["Policy"]["Usage"], true);
+        let mut got = consumers_by_user(&v);
+        // The emulator's admin key signs this test's own set-up calls (a plain SDK
+        // client, not keyturn): a consumer too. keyturn's audit calls are not.
+        let admin = got.remove("keyturn-admin").expect("the admin key's row");
+        assert!(
+            admin.len() == 1
+                && admin[0].0 == "127.0.0.1"
+                && admin[0].1.starts_with("aws-sdk-rust/"),
+            "{admin:?}"
+        );
+        assert_eq!(got, want, "source {source}: {:#}", v["Rows"]);
+        let rows = v["Rows"].as_array().unwrap();
+        for r in rows {
+            let looked_up = r["Consumers"].is_array();
+            let active_user_key = r["Status"] == "Active" && r["User"] != "<root_account>";
+            assert_eq!(looked_up, active_user_key, "{r}");
+        }
+        let old = rows.iter().find(|r| r["User"] == "app-old").unwrap();
+        let cli = &old["Consumers"][0];
+        assert_eq!(cli["UserAgent"], CLI_UA);
+        assert_eq!(
+            cli["TopEvents"][0],
+            json!({"Api": "s3:ListBuckets", "Count": 120})
+        );
+        assert_eq!(cli["Regions"], json!(["eu-west-1"]));
+        assert_eq!(
+            cli["Description"],
+            "used 121 times in 10 h by 10.0.4.17 aws-cli/2.15.30 (s3:ListBuckets, ec2:DescribeInstances in eu-west-1)"
+        );
+        let usage = &account_entry(&v, ACCOUNT)["Usage"];
+        assert_eq!(usage["Regions"], json!(["us-east-1", "eu-west-1"]));
+        assert_eq!(usage["Keys"], 6, "5 golden keys and the admin's");
+        assert!(usage["Error"].is_null());
+        // Six keys, two regions, app-old's eu-west-1 walk is three pages long.
+        assert_eq!(
+            calls(&emu, "cloudtrail:LookupEvents"),
+            6 * 2 + 2,
+            "{source}"
+        );
+        // The audit shows key ids no more than without --usage.
+        let old_id = only_key(&emu, "app-old");
+        assert!(!run.stdout.contains(&old_id), "{source}");
+    }
+}
+
+#[test]
+fn usage_in_table_csv_markdown_and_html() {
+    let emu = usage_emulator();
+    let run = audit(&emu, &["--usage"]);
+    run.assert_code(3);
+    for needle in ["Consumers", "app-ok", "10.0.4.17 aws-cli/2.15.30", "none"] {
+        assert!(
+            run.stdout.contains(needle),
+            "table: {needle}\n{}",
+            run.stdout
+        );
+    }
+    let run = audit(&emu, &["--usage", "--format", "csv"]);
+    let mut rdr = csv::Reader::from_reader(run.stdout.as_bytes());
+    let headers: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(headers.last().unwrap(), "consumers");
+    let recs: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+    let cell = |user: &str| {
+        recs.iter()
+            .find(|r| &r[2] == user)
+            .map(|r| r[headers.len() - 1].to_string())
+            .unwrap()
+    };
+    assert!(cell("app-old").starts_with("used 121 times in 10 h by 10.0.4.17 aws-cli/2.15.30"));
+    assert!(cell("app-old")
+        .contains("; used 3 times in 2 h by 10.0.9.9 terraform/1.7.0 (iam:GetUser in us-east-1)"));
+    assert_eq!(cell("app-ok"), "none");
+    assert_eq!(cell("retired"), "");
+    assert!(cell("ci+bot").starts_with("used once by 192.0.2.8 =cmd|'"));
+    let run = audit(&emu, &["--usage", "--format", "markdown"]);
+    assert!(
+        run.stdout.contains("## Findings and consumers"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("| `app-ok` |"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("by 192.0.2.8 =cmd\\|'"),
+        "{}",
+        run.stdout
+    );
+    let out = emu.dir.path().join("usage.html");
+    audit(
+        &emu,
+        &[
+            "--usage",
+            "--format",
+            "html",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+    .assert_code(3);
+    let html = std::fs::read_to_string(&out).unwrap();
+    parse_html(&html);
+    assert!(html.contains("<h2>Consumers</h2>"));
+    assert!(
+        html.contains(
+            "<td class=\"k\">10.0.9.9</td><td>terraform/1.7.0</td><td class=\"n\">3</td>"
+        ),
+        "{html}"
+    );
+    assert!(html.contains("&lt;b&gt;x&lt;/b&gt;"));
+    assert!(!html.contains("<b>x"));
+}
+
+#[test]
+fn usage_golden_json() {
+    let emu = usage_emulator();
+    let run = audit(
+        &emu,
+        &["--usage", "--max-unused-days", "60", "--format", "json"],
+    );
+    run.assert_code(3);
+    // The test's own SDK client (the admin key's consumer) changes with the SDK.
+    let mut filters = golden_filters();
+    filters.push((
+        r#""UserAgent": "aws-sdk-rust/[^"]*""#,
+        r#""UserAgent": "[SDK]""#,
+    ));
+    filters.push((r"aws-sdk-rust/[0-9.]+", "aws-sdk-rust/[V]"));
+    insta::with_settings!({ filters => filters, prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!("audit_json_usage_report", run.stdout);
+    });
+}
+
+#[test]
+fn usage_throttling_is_absorbed_and_a_denied_lookup_is_a_warning() {
+    let emu = usage_emulator();
+    let clean = consumers_by_user(&audit(&emu, &["--usage", "--format", "json"]).json());
+    emu.faults(json!([{ "action": "cloudtrail:LookupEvents", "mode": "throttle", "count": 3 }]));
+    let throttled = audit(&emu, &["--usage", "--format", "json"]);
+    throttled.assert_code(3);
+    assert_eq!(consumers_by_user(&throttled.json()), clean);
+    let rule = &emu.get("/_keyturn/faults")["rules"][0];
+    assert_eq!(rule["hits"], 3, "{rule}");
+    // CloudTrail denied: the audit completes, the consumers are unknown (null), never
+    // "none", and stderr says what to grant.
+    emu.faults(json!([{
+        "action": "cloudtrail:LookupEvents", "mode": "error", "code": "AccessDeniedException",
+        "status": 400, "message": "not allowed to look up events",
+    }]));
+    let denied = audit(&emu, &["--usage", "--format", "json"]);
+    denied.assert_code(3);
+    denied.assert_stderr("cloudtrail:LookupEvents");
+    let v = denied.json();
+    assert!(consumers_by_user(&v).is_empty(), "{:#}", v["Rows"]);
+    let usage = &account_entry(&v, ACCOUNT)["Usage"];
+    assert!(
+        usage["Error"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed to look up events"),
+        "{usage}"
+    );
+    let warnings = account_entry(&v, ACCOUNT)["Warnings"].to_string();
+    assert!(warnings.contains("--usage"), "{warnings}");
+    let table = audit(&emu, &["--usage"]);
+    assert!(table.stdout.contains("unknown"), "{}", table.stdout);
+}

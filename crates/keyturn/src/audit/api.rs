@@ -62,6 +62,7 @@ pub async fn read(api: &SdkKeyApi, user_path: &str, concurrency: usize) -> Resul
                     status: None,
                     created: None,
                     usage: Usage::Unknown,
+                    access_key_id: None,
                 },
             ),
             Ok(false) => {}
@@ -140,6 +141,7 @@ async fn user_keys(api: &SdkKeyApi, permits: &Semaphore, user: &str) -> Result<V
             status: Some(k.status),
             created: Some(whole_seconds(k.create_date)),
             usage,
+            access_key_id: Some(k.access_key_id.clone()),
         });
     }
     Ok(out)

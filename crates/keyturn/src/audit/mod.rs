@@ -30,6 +30,7 @@
 pub mod api;
 pub mod render;
 pub mod report;
+pub mod usage;
 
 use crate::access::{
     Access, Account, AccountSource, OrganizationSource, RoleSource, Route, Unreachable,
@@ -194,6 +195,10 @@ pub struct KeyRecord {
     /// When the key was created (`CreateDate`; the report's `access_key_N_last_rotated`).
     pub created: Option<OffsetDateTime>,
     pub usage: Usage,
+    /// The full access key id, when known: from the API source, or looked up for
+    /// `--usage` (CloudTrail is asked by key id). Never rendered: outputs show
+    /// [`KeyRef::label`].
+    pub access_key_id: Option<String>,
 }
 
 impl KeyRecord {
@@ -262,6 +267,9 @@ pub struct Evaluated {
     pub age_days: Option<i64>,
     /// Empty: compliant.
     pub findings: Vec<Finding>,
+    /// `--usage`: the key's CloudTrail consumers, most recently seen first. `None`: not
+    /// looked up (no `--usage`, not an Active IAM user key, or the lookup failed).
+    pub consumers: Option<Vec<crate::usage::Consumer>>,
 }
 
 /// Evaluate every key of one account, counting each user's Active keys first. The
@@ -290,6 +298,7 @@ pub fn evaluate_all(
                 age_days: record.age_days(now),
                 findings,
                 record,
+                consumers: None,
             }
         })
         .collect();
@@ -316,6 +325,8 @@ pub struct AccountData {
     pub keys: Vec<Evaluated>,
     /// Things the user should know (e.g. the root user could not be checked).
     pub warnings: Vec<String>,
+    /// `--usage`: what the consumer lookup covered.
+    pub usage: Option<usage::AccountUsage>,
 }
 
 impl AccountData {
@@ -350,6 +361,8 @@ pub struct AuditReport {
     pub user_path: String,
     /// The source asked for.
     pub source: Source,
+    /// `--usage`: consumers were asked for (formats add their column or section).
+    pub usage: bool,
     pub accounts: Vec<AccountResult>,
 }
 
@@ -399,6 +412,8 @@ pub struct AuditOptions {
     pub source: Source,
     /// Accounts audited at once, and requests in flight per account (`api`).
     pub concurrency: usize,
+    /// `--usage`: look up the CloudTrail consumers of every Active key.
+    pub usage: Option<usage::UsageOptions>,
 }
 
 /// The accounts the options name, in order: `--profile`s, `--role-arn`s, then the
@@ -483,6 +498,7 @@ pub async fn run(options: &AuditOptions) -> AuditReport {
         policy: options.policy,
         user_path: options.user_path.clone(),
         source: options.source,
+        usage: options.usage.is_some(),
         accounts: results,
     }
 }
@@ -512,16 +528,43 @@ async fn audit_account(
     };
     let iam = account.iam_client();
     let (alias, data) = tokio::join!(account_alias(&iam), read_account(&account, options));
+    let outcome = match data {
+        Ok((mut d, mut records)) => {
+            let mut id_error = None;
+            if options.usage.is_some() {
+                let api = SdkKeyApi::new(&account.config);
+                if let Err(e) = usage::fill_key_ids(&api, &mut records).await {
+                    id_error = Some(e.to_string());
+                }
+            }
+            d.keys = evaluate_all(records, &options.policy, now);
+            if let Some(u) = &options.usage {
+                let mut looked = usage::attach(&account, u, &mut d.keys, now).await;
+                if looked.error.is_none() {
+                    looked.error = id_error;
+                }
+                if let Some(e) = &looked.error {
+                    d.warnings.push(usage::warning(e));
+                } else {
+                    let missed = usage::unmatched(&d.keys);
+                    if !missed.is_empty() {
+                        d.warnings.push(format!(
+                            "no key id for {} (replaced since the credential report was generated?): consumers not looked up; --source api reads the ids live",
+                            missed.join(", ")
+                        ));
+                    }
+                }
+                d.usage = Some(looked);
+            }
+            Ok(d)
+        }
+        Err(e) => Err(e.to_string()),
+    };
     AccountResult {
         account_id: Some(account.id),
         alias,
         via: account.via,
-        outcome: data
-            .map(|(mut d, records)| {
-                d.keys = evaluate_all(records, &options.policy, now);
-                d
-            })
-            .map_err(|e| e.to_string()),
+        outcome,
     }
 }
 
@@ -544,6 +587,7 @@ async fn read_account(
                     users: r.parsed.users,
                     keys: Vec::new(),
                     warnings: Vec::new(),
+                    usage: None,
                 };
                 return Ok((data, r.parsed.records));
             }
@@ -561,6 +605,7 @@ async fn read_account(
         users: r.users,
         keys: Vec::new(),
         warnings: r.warnings,
+        usage: None,
     };
     Ok((data, r.records))
 }
@@ -593,6 +638,7 @@ mod tests {
             status: Some(status),
             created: Some(NOW - Duration::days(age_days)),
             usage,
+            access_key_id: None,
         }
     }
 
@@ -750,6 +796,7 @@ mod tests {
             status: None,
             created: None,
             usage: Usage::Unknown,
+            access_key_id: None,
         };
         assert_eq!(eval(&k, 0, policy(None)), vec![Finding::RootKey]);
     }
@@ -806,6 +853,7 @@ mod tests {
             policy: policy(None),
             user_path: "/".into(),
             source: Source::Report,
+            usage: false,
             accounts: outcomes
                 .into_iter()
                 .map(|outcome| AccountResult {
@@ -826,6 +874,7 @@ mod tests {
             users: keys.len(),
             keys: evaluate_all(keys, &policy(None), NOW),
             warnings: vec![],
+            usage: None,
         }
     }
 
@@ -839,6 +888,7 @@ mod tests {
             user_path: "/".into(),
             source: Source::Report,
             concurrency: 8,
+            usage: None,
         }
     }
 

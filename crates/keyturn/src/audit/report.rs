@@ -184,6 +184,7 @@ pub fn parse(csv_bytes: &[u8], user_path: &str) -> std::result::Result<Parsed, S
                 }),
                 created: Some(created),
                 usage,
+                access_key_id: None,
             });
         }
     }

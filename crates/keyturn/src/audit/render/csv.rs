@@ -10,10 +10,14 @@
 //! `age_days`, `created`, `last_used`) are left as they are: a negative age (a key
 //! created "in the future" by a skewed clock) is the number `-3`, not a formula.
 
-use super::rows;
+use super::{consumers_text, rows};
 use crate::audit::AuditReport;
 use crate::printer::rfc3339;
 use std::borrow::Cow;
+
+/// The column `--usage` adds at the end: each consumer's [`crate::usage::Consumer::describe`],
+/// joined by `; ` (`none`, `unknown (...)`, or empty for keys not looked up).
+pub const CSV_USAGE_COLUMN: &str = "consumers";
 
 /// CSV columns, in order (snake_case, like the credential report's).
 pub const CSV_COLUMNS: [&str; 14] = [
@@ -36,13 +40,18 @@ pub const CSV_COLUMNS: [&str; 14] = [
 pub(super) fn render(report: &AuditReport) -> String {
     let mut w = ::csv::Writer::from_writer(Vec::new());
     let t = |t: Option<time::OffsetDateTime>| t.map(rfc3339).unwrap_or_default();
-    w.write_record(CSV_COLUMNS).expect("in-memory CSV");
+    let mut header: Vec<&str> = CSV_COLUMNS.to_vec();
+    if report.usage {
+        header.push(CSV_USAGE_COLUMN);
+    }
+    w.write_record(&header).expect("in-memory CSV");
     for r in rows(report, true) {
         // Numbers and times are keyturn's own text; everything else goes through `text`.
         let slot = r.key_slot.map(|s| s.to_string()).unwrap_or_default();
         let age = r.age_days.map(|a| a.to_string()).unwrap_or_default();
         let (created, last_used) = (t(r.created), t(r.last_used));
-        let cells: [Cow<'_, str>; 14] = [
+        let consumers = consumers_text(&r, "; ");
+        let mut cells: Vec<Cow<'_, str>> = vec![
             text(&r.account_id),
             text(&r.account_alias),
             text(&r.user),
@@ -58,6 +67,9 @@ pub(super) fn render(report: &AuditReport) -> String {
             text(r.finding),
             text(&r.detail),
         ];
+        if report.usage {
+            cells.push(text(&consumers));
+        }
         w.write_record(cells.iter().map(|c| c.as_bytes()))
             .expect("in-memory CSV");
     }
@@ -126,6 +138,7 @@ mod tests {
             status: Some(KeyStatus::Active),
             created: Some(now - time::Duration::days(age)),
             usage: Usage::Never,
+            access_key_id: None,
         };
         let records = vec![record("=1+1", 100), record("-2+3@x", -2), record("@x", 1)];
         report.accounts = vec![
@@ -140,6 +153,7 @@ mod tests {
                     users: 3,
                     keys: evaluate_all(records, &report.policy, now),
                     warnings: vec![],
+                    usage: None,
                 }),
             },
             AccountResult {
@@ -172,5 +186,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn usage_adds_a_consumers_column_at_the_end() {
+        let text = render(
+            &super::super::testdata::sample_with_usage(),
+            Format::Csv,
+            false,
+        );
+        let mut rdr = ::csv::Reader::from_reader(text.as_bytes());
+        let headers: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
+        assert_eq!(&headers[..14], CSV_COLUMNS);
+        assert_eq!(headers[14], super::CSV_USAGE_COLUMN);
+        let recs: Vec<::csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+        let by_user = |u: &str| recs.iter().find(|r| &r[2] == u).unwrap()[14].to_string();
+        assert!(by_user("alice").starts_with("used 14 times in 24 h by 10.0.4.17 aws-cli/2.15.30"));
+        assert!(by_user("alice").contains("; used once by 10.0.9.9"));
+        assert_eq!(by_user("bob"), "none");
+        assert_eq!(by_user("carol"), "");
     }
 }

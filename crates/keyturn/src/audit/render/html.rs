@@ -6,7 +6,9 @@
 //! build time for no gain. No scripts and no external assets (fonts, styles, images),
 //! so the file can be mailed or attached to a ticket and opened offline.
 
-use super::{closing_line, last_used_text, policy_text, rows, source_text, whole_seconds, Row};
+use super::{
+    closing_line, last_used_text, listed_rows, policy_text, rows, source_text, whole_seconds, Row,
+};
 use crate::audit::{AuditReport, Finding};
 use crate::printer::rfc3339;
 use std::fmt::Write as _;
@@ -138,9 +140,91 @@ pub(super) fn render(report: &AuditReport) -> String {
         }
         o.push_str("</tbody>\n</table>\n");
     }
+    if report.usage {
+        consumers_section(&mut o, report);
+    }
     let _ = writeln!(o, "<p>{}</p>", esc(&closing_line(report)));
     o.push_str("</body>\n</html>\n");
     o
+}
+
+/// `--usage`: one table row per consumer of each Active key (a key nobody uses gets
+/// one row saying so), and what the lookup covered.
+fn consumers_section(o: &mut String, report: &AuditReport) {
+    o.push_str("<h2>Consumers</h2>\n");
+    for a in &report.accounts {
+        if let Ok(d) = &a.outcome {
+            if let Some(u) = &d.usage {
+                let covered = match &u.error {
+                    Some(e) => format!("lookup failed: {e}"),
+                    None => format!(
+                        "{} Active keys, CloudTrail management events from {} to {} in {}",
+                        u.keys,
+                        rfc3339(whole_seconds(u.since)),
+                        rfc3339(whole_seconds(u.until)),
+                        u.regions.join(", ")
+                    ),
+                };
+                let _ = writeln!(
+                    o,
+                    "<p class=\"meta\">{}: {}.</p>",
+                    esc(a.account_id.as_deref().unwrap_or("?")),
+                    esc(&covered)
+                );
+            }
+        }
+    }
+    o.push_str("<p class=\"meta\">Data events (such as S3 object reads) are not in CloudTrail's LookupEvents, and events arrive up to about 15 minutes late.</p>\n");
+    let keys: Vec<Row> = listed_rows(report)
+        .into_iter()
+        .filter(|r| r.consumers_asked)
+        .collect();
+    // A key with several findings is listed once.
+    let mut seen = std::collections::HashSet::new();
+    o.push_str("<table>\n<thead><tr><th>Account</th><th>User</th><th>Key</th><th>Source IP</th><th>User agent</th><th>Events</th><th>First seen</th><th>Last seen</th><th>APIs</th><th>Regions</th></tr></thead>\n<tbody>\n");
+    for r in keys {
+        if !seen.insert((r.account_id.clone(), r.user.clone(), r.key.clone())) {
+            continue;
+        }
+        let head = format!(
+            "<tr><td>{}</td><td>{}</td><td class=\"k\">{}</td>",
+            esc(&r.account_id),
+            esc(&r.user),
+            esc(&r.key)
+        );
+        match &r.consumers {
+            None => {
+                let _ = writeln!(
+                    o,
+                    "{head}<td colspan=\"7\">unknown (not looked up, see the warnings)</td></tr>"
+                );
+            }
+            Some(list) if list.is_empty() => {
+                let _ = writeln!(o, "{head}<td colspan=\"7\">none in CloudTrail</td></tr>");
+            }
+            Some(list) => {
+                for c in list {
+                    let apis: Vec<String> = c
+                        .top_events
+                        .iter()
+                        .map(|a| format!("{} ({})", a.api, a.count))
+                        .collect();
+                    let _ = writeln!(
+                        o,
+                        "{head}<td class=\"k\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"k\">{}</td><td class=\"k\">{}</td><td>{}</td><td>{}</td></tr>",
+                        esc(&c.source_ip),
+                        esc(&c.user_agent),
+                        c.events,
+                        esc(&rfc3339(c.first_seen)),
+                        esc(&rfc3339(c.last_seen)),
+                        esc(&apis.join(", ")),
+                        esc(&c.regions.join(", "))
+                    );
+                }
+            }
+        }
+    }
+    o.push_str("</tbody>\n</table>\n");
 }
 
 /// Bin widths (days) the histogram may use: the smallest that gives at most
@@ -347,5 +431,22 @@ mod tests {
         assert_eq!(svg.matches("<rect").count(), 5 + 2, "bars and legend");
         let empty = histogram_svg(&[], 90);
         assert!(empty.contains("no keys"));
+    }
+
+    #[test]
+    fn usage_adds_an_escaped_consumers_section() {
+        let text = render(
+            &super::super::testdata::sample_with_usage(),
+            Format::Html,
+            false,
+        );
+        assert!(text.contains("<h2>Consumers</h2>"));
+        assert!(text.contains("<td class=\"k\">10.0.4.17</td><td>aws-cli/2.15.30 Python/3.11.6</td><td class=\"n\">14</td>"), "{text}");
+        assert!(text.contains("&lt;b&gt;x&lt;/b&gt;|=cmd"));
+        assert!(!text.contains("<b>x"));
+        assert!(text.contains("none in CloudTrail"));
+        assert!(text.contains("in us-east-1, eu-west-1"));
+        assert!(!text.contains("AKIAIOSFODNN7EXAMPLE"));
+        assert!(!render(&sample(), Format::Html, false).contains("Consumers"));
     }
 }

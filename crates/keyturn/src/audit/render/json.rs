@@ -1,7 +1,7 @@
 //! `--format json`: the whole result with a stable schema (`SchemaVersion`, documented
 //! in `docs/audit.md`), compliant keys included with finding `ok`.
 
-use super::{rows, whole_seconds};
+use super::{rows, whole_seconds, Row};
 use crate::audit::{AccountData, AuditReport, Finding, SCHEMA_VERSION};
 use crate::printer::rfc3339;
 use serde_json::{json, Map, Value};
@@ -16,6 +16,43 @@ fn counts(d: &AccountData) -> Value {
 
 fn opt_time(t: Option<time::OffsetDateTime>) -> Value {
     t.map(|t| Value::String(rfc3339(t))).unwrap_or(Value::Null)
+}
+
+/// A row's `Consumers`: null unless looked up. The key id is left out (the row names
+/// the key the way the rest of the audit does).
+fn consumers(r: &Row) -> Value {
+    match (&r.consumers, r.consumers_asked) {
+        (Some(list), true) => list
+            .iter()
+            .map(|c| {
+                json!({
+                    "SourceIp": c.source_ip,
+                    "UserAgent": c.user_agent,
+                    "Events": c.events,
+                    "FirstSeen": rfc3339(c.first_seen),
+                    "LastSeen": rfc3339(c.last_seen),
+                    "TopEvents": c.top_events.iter().map(|a| json!({"Api": a.api, "Count": a.count})).collect::<Vec<_>>(),
+                    "Regions": c.regions,
+                    "Description": c.describe(),
+                })
+            })
+            .collect::<Vec<_>>()
+            .into(),
+        _ => Value::Null,
+    }
+}
+
+fn account_usage(d: &AccountData) -> Value {
+    match &d.usage {
+        None => Value::Null,
+        Some(u) => json!({
+            "Regions": u.regions,
+            "Since": rfc3339(whole_seconds(u.since)),
+            "Until": rfc3339(whole_seconds(u.until)),
+            "Keys": u.keys,
+            "Error": u.error,
+        }),
+    }
 }
 
 pub(super) fn render(report: &AuditReport) -> String {
@@ -37,6 +74,7 @@ pub(super) fn render(report: &AuditReport) -> String {
                 "CompliantKeys": d.compliant(),
                 "Findings": counts(d),
                 "Warnings": d.warnings,
+                "Usage": account_usage(d),
             }),
             Err(e) => json!({
                 "AccountId": a.account_id,
@@ -52,6 +90,7 @@ pub(super) fn render(report: &AuditReport) -> String {
                 "CompliantKeys": null,
                 "Findings": null,
                 "Warnings": [],
+                "Usage": null,
             }),
         })
         .collect();
@@ -69,6 +108,7 @@ pub(super) fn render(report: &AuditReport) -> String {
     let rows: Vec<Value> = rows(report, true)
         .into_iter()
         .map(|r| {
+            let consumers = consumers(&r);
             json!({
                 "AccountId": r.account_id,
                 "AccountAlias": (!r.account_alias.is_empty()).then_some(&r.account_alias),
@@ -84,6 +124,7 @@ pub(super) fn render(report: &AuditReport) -> String {
                 "LastUsedRegion": r.last_used_region,
                 "Finding": r.finding,
                 "Detail": r.detail,
+                "Consumers": consumers,
             })
         })
         .collect();
@@ -95,6 +136,7 @@ pub(super) fn render(report: &AuditReport) -> String {
             "MaxUnusedDays": report.policy.max_unused_days,
             "UserPath": report.user_path,
             "Source": report.source.as_str(),
+            "Usage": report.usage,
         },
         "Summary": {
             "Accounts": report.accounts.len(),
@@ -136,5 +178,36 @@ mod tests {
         assert_eq!(v["Rows"][2]["KeySlot"], 1);
         assert_eq!(v["Rows"][2]["LastUsedService"], "s3");
         assert_eq!(v["Rows"][2]["CreateDate"], "2025-05-11T12:00:00Z");
+    }
+
+    #[test]
+    fn json_rows_carry_consumers_without_key_ids() {
+        let text = render(
+            &super::super::testdata::sample_with_usage(),
+            Format::Json,
+            false,
+        );
+        assert!(!text.contains("AKIAIOSFODNN7EXAMPLE"));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["Policy"]["Usage"], true);
+        let rows = v["Rows"].as_array().unwrap();
+        let alice = rows.iter().find(|r| r["User"] == "alice").unwrap();
+        let c = &alice["Consumers"][0];
+        assert_eq!(c["SourceIp"], "10.0.4.17");
+        assert_eq!(c["UserAgent"], "aws-cli/2.15.30 Python/3.11.6");
+        assert_eq!(c["Events"], 14);
+        assert_eq!(c["LastSeen"], "2026-06-15T06:00:00Z");
+        assert_eq!(c["TopEvents"][0]["Api"], "s3:ListBuckets");
+        assert_eq!(c["Regions"][0], "eu-west-1");
+        let bob = rows.iter().find(|r| r["User"] == "bob").unwrap();
+        assert_eq!(bob["Consumers"], serde_json::json!([]));
+        let carol = rows.iter().find(|r| r["User"] == "carol").unwrap();
+        assert!(carol["Consumers"].is_null());
+        assert_eq!(v["Accounts"][0]["Usage"]["Regions"][1], "eu-west-1");
+        assert!(v["Accounts"][1]["Usage"].is_null());
+        // Without --usage the fields are there, null.
+        let v: Value = serde_json::from_str(&render(&sample(), Format::Json, false)).unwrap();
+        assert!(v["Rows"][1]["Consumers"].is_null());
+        assert_eq!(v["Policy"]["Usage"], false);
     }
 }

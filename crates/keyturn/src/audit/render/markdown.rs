@@ -1,6 +1,9 @@
 //! `--format markdown`: summary and findings, for tickets and pull requests.
 
-use super::{closing_line, last_used_text, policy_text, rows, source_text, whole_seconds, Row};
+use super::{
+    closing_line, consumers_text, last_used_text, listed_rows, policy_text, source_text,
+    whole_seconds, Row,
+};
 use crate::audit::{AuditReport, Finding};
 use crate::printer::rfc3339;
 use std::fmt::Write as _;
@@ -76,23 +79,30 @@ pub(super) fn render(report: &AuditReport) -> String {
             md(&err)
         );
     }
-    let findings: Vec<Row> = rows(report, false)
-        .into_iter()
-        .filter(|r| r.finding != "error")
-        .collect();
-    let _ = writeln!(o, "\n## Findings\n");
+    let findings: Vec<Row> = listed_rows(report);
+    let (title, extra_head, extra_rule) = if report.usage {
+        ("Findings and consumers", " Consumers |", "---|")
+    } else {
+        ("Findings", "", "")
+    };
+    let _ = writeln!(o, "\n## {title}\n");
     if findings.is_empty() {
         let _ = writeln!(o, "None.\n");
     } else {
         let _ = writeln!(
             o,
-            "| Account | User | Key | Status | Age (days) | Last used | Finding | Detail |"
+            "| Account | User | Key | Status | Age (days) | Last used | Finding | Detail |{extra_head}"
         );
-        let _ = writeln!(o, "|---|---|---|---|---:|---|---|---|");
+        let _ = writeln!(o, "|---|---|---|---|---:|---|---|---|{extra_rule}");
         for r in &findings {
+            let extra = if report.usage {
+                format!(" {} |", md(&consumers_text(r, "; ")))
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | `{}` | {} |",
+                "| {} | {} | {} | {} | {} | {} | `{}` | {} |{extra}",
                 md(&r.account_id),
                 md_code(&r.user),
                 md_code(&r.key),
@@ -128,6 +138,29 @@ mod tests {
         for line in text.lines().filter(|l| l.starts_with('|')) {
             let cells = line.replace("\\|", "").matches('|').count();
             assert!(cells == 9 || cells == 14, "{cells}: {line}");
+        }
+    }
+
+    #[test]
+    fn usage_adds_an_escaped_consumers_column() {
+        let text = render(
+            &super::super::testdata::sample_with_usage(),
+            Format::Markdown,
+            false,
+        );
+        assert!(text.contains("## Findings and consumers"), "{text}");
+        assert!(text.contains("| Detail | Consumers |"), "{text}");
+        assert!(
+            text.contains("| `alice` | `slot 1` | Active | 10 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("used once by 10.0.9.9 \\<b\\>x\\</b\\>\\|=cmd"),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| l.starts_with('|')) {
+            let cells = line.replace("\\|", "").matches('|').count();
+            assert!(cells == 10 || cells == 14, "{cells}: {line}");
         }
     }
 }

@@ -25,6 +25,7 @@ pub use self::html::{esc, histogram_svg};
 
 use super::{AccountResult, AuditReport, Evaluated, Finding, Source};
 use crate::model::Usage;
+use crate::usage::Consumer;
 use std::fmt::Write as _;
 
 /// `--format` of `audit`.
@@ -68,6 +69,10 @@ pub struct Row {
     /// A finding, `ok` or `error`.
     pub finding: &'static str,
     pub detail: String,
+    /// `--usage` and an Active IAM user key: its consumers were asked for.
+    pub consumers_asked: bool,
+    /// Its CloudTrail consumers (`None`: unknown, or not asked).
+    pub consumers: Option<Vec<Consumer>>,
 }
 
 /// The rows of the report: every key (`ok` ones only with `include_ok`) and an
@@ -93,6 +98,8 @@ pub fn rows(report: &AuditReport, include_ok: bool) -> Vec<Row> {
                 last_used_region: None,
                 finding: "error",
                 detail: format!("{} ({})", e, a.via),
+                consumers_asked: false,
+                consumers: None,
             }),
             Ok(data) => {
                 for k in &data.keys {
@@ -115,6 +122,8 @@ pub fn rows(report: &AuditReport, include_ok: bool) -> Vec<Row> {
                         last_used_region: region,
                         finding: "ok",
                         detail: String::new(),
+                        consumers_asked: report.usage && super::usage::wants_consumers(&k.record),
+                        consumers: k.consumers.clone(),
                     };
                     if k.findings.is_empty() {
                         if include_ok {
@@ -182,6 +191,33 @@ fn last_used_text(r: &Row) -> String {
     }
 }
 
+/// The rows the table, Markdown and HTML formats list: the findings, and with
+/// `--usage` also the compliant Active keys (so every Active key's consumers show).
+fn listed_rows(report: &AuditReport) -> Vec<Row> {
+    rows(report, report.usage)
+        .into_iter()
+        .filter(|r| r.finding != "error" && (r.finding != "ok" || r.consumers_asked))
+        .collect()
+}
+
+/// A row's consumers in words, one [`Consumer::describe`] each, joined by `sep`:
+/// `none` when CloudTrail shows nobody, `unknown` when the lookup failed, empty when
+/// they were not asked for (no `--usage`, an Inactive or root key).
+pub fn consumers_text(r: &Row, sep: &str) -> String {
+    if !r.consumers_asked {
+        return String::new();
+    }
+    match &r.consumers {
+        None => "unknown (not looked up, see the warnings)".into(),
+        Some(c) if c.is_empty() => "none".into(),
+        Some(c) => c
+            .iter()
+            .map(Consumer::describe)
+            .collect::<Vec<_>>()
+            .join(sep),
+    }
+}
+
 fn source_text(a: &AccountResult) -> String {
     match &a.outcome {
         Ok(d) => match (&d.fallback_reason, d.source) {
@@ -217,8 +253,13 @@ fn account_label(a: &AccountResult) -> String {
 }
 
 fn policy_text(report: &AuditReport) -> String {
+    let usage = if report.usage {
+        ", consumers from CloudTrail"
+    } else {
+        ""
+    };
     format!(
-        "max age {} days, max unused {}, user path {}, source {}",
+        "max age {} days, max unused {}, user path {}, source {}{usage}",
         report.policy.max_age_days,
         report
             .policy
@@ -294,6 +335,7 @@ pub(super) mod testdata {
                 }),
                 None => Usage::Never,
             },
+            access_key_id: None,
         }
     }
 
@@ -313,6 +355,7 @@ pub(super) mod testdata {
             policy,
             user_path: "/".into(),
             source: Source::Report,
+            usage: false,
             accounts: vec![
                 AccountResult {
                     account_id: Some("123456789012".into()),
@@ -325,6 +368,7 @@ pub(super) mod testdata {
                         users: 3,
                         keys: evaluate_all(records, &policy, NOW),
                         warnings: vec![],
+                        usage: None,
                     }),
                 },
                 AccountResult {
@@ -335,6 +379,57 @@ pub(super) mod testdata {
                 },
             ],
         }
+    }
+
+    /// A consumer of a sample key.
+    pub fn consumer(ip: &str, user_agent: &str, events: u64, api: &str) -> crate::usage::Consumer {
+        crate::usage::Consumer {
+            access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
+            source_ip: ip.into(),
+            user_agent: user_agent.into(),
+            events,
+            first_seen: NOW - Duration::hours(30),
+            last_seen: NOW - Duration::hours(6),
+            top_events: vec![crate::usage::ApiCount {
+                api: api.into(),
+                count: events,
+            }],
+            regions: vec!["eu-west-1".into()],
+        }
+    }
+
+    /// [`sample`] audited with `--usage`: alice's key has two consumers (one with a
+    /// hostile user agent), bob's none.
+    pub fn sample_with_usage() -> AuditReport {
+        let mut r = sample();
+        r.usage = true;
+        if let Ok(d) = &mut r.accounts[0].outcome {
+            for k in &mut d.keys {
+                match k.record.user.as_str() {
+                    "alice" => {
+                        k.consumers = Some(vec![
+                            consumer(
+                                "10.0.4.17",
+                                "aws-cli/2.15.30 Python/3.11.6",
+                                14,
+                                "s3:ListBuckets",
+                            ),
+                            consumer("10.0.9.9", "<b>x</b>|=cmd", 1, "sts:GetCallerIdentity"),
+                        ])
+                    }
+                    "bob" => k.consumers = Some(vec![]),
+                    _ => {}
+                }
+            }
+            d.usage = Some(crate::audit::usage::AccountUsage {
+                regions: vec!["us-east-1".into(), "eu-west-1".into()],
+                since: NOW - Duration::days(90),
+                until: NOW,
+                keys: 2,
+                error: None,
+            });
+        }
+        r
     }
 }
 
@@ -362,5 +457,40 @@ mod tests {
             ]
         );
         assert_eq!(rows(&r, false).len(), 4);
+    }
+
+    #[test]
+    fn with_usage_every_active_key_is_listed_with_its_consumers() {
+        let r = super::testdata::sample_with_usage();
+        let listed: Vec<(String, &str, String)> = listed_rows(&r)
+            .iter()
+            .map(|row| (row.user.clone(), row.finding, consumers_text(row, "; ")))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                // The root key is not looked up; the Inactive key is not listed as ok.
+                (ROOT_USER.to_string(), "root-key", String::new()),
+                (
+                    "alice".into(),
+                    "ok",
+                    "used 14 times in 24 h by 10.0.4.17 aws-cli/2.15.30 (s3:ListBuckets in eu-west-1); used once by 10.0.9.9 <b>x</b>|=cmd (sts:GetCallerIdentity in eu-west-1)".into()
+                ),
+                ("bob".into(), "too-old", "none".into()),
+                ("carol".into(), "stale-inactive", String::new()),
+            ]
+        );
+        // A failed lookup is "unknown", never "none".
+        let mut r = r;
+        if let Ok(d) = &mut r.accounts[0].outcome {
+            d.keys.iter_mut().for_each(|k| k.consumers = None);
+        }
+        let bob = listed_rows(&r)
+            .into_iter()
+            .find(|x| x.user == "bob")
+            .unwrap();
+        assert!(consumers_text(&bob, "; ").starts_with("unknown"));
+        // Without --usage nothing changes.
+        assert_eq!(listed_rows(&sample()).len(), 3);
     }
 }

@@ -2,7 +2,8 @@
 //! only when the caller says stdout is a terminal and `NO_COLOR` is unset).
 
 use super::{
-    account_label, closing_line, findings_text, last_used_text, policy_text, rows, source_text, Row,
+    account_label, closing_line, consumers_text, findings_text, last_used_text, listed_rows,
+    policy_text, source_text, Row,
 };
 use crate::audit::AuditReport;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Color, ContentArrangement, Table};
@@ -75,13 +76,10 @@ pub(super) fn render(report: &AuditReport, color: bool) -> String {
     }
     out.push_str(&sum.to_string());
     out.push('\n');
-    let findings: Vec<Row> = rows(report, false)
-        .into_iter()
-        .filter(|r| r.finding != "error")
-        .collect();
+    let findings: Vec<Row> = listed_rows(report);
     if !findings.is_empty() {
         let mut t = new_table(color);
-        t.set_header(vec![
+        let mut header = vec![
             "Account",
             "User",
             "Key",
@@ -90,9 +88,13 @@ pub(super) fn render(report: &AuditReport, color: bool) -> String {
             "Last used",
             "Finding",
             "Detail",
-        ]);
+        ];
+        if report.usage {
+            header.push("Consumers");
+        }
+        t.set_header(header);
         for r in &findings {
-            t.add_row(vec![
+            let mut cells = vec![
                 Cell::new(&r.account_id),
                 Cell::new(&r.user),
                 Cell::new(&r.key),
@@ -101,7 +103,11 @@ pub(super) fn render(report: &AuditReport, color: bool) -> String {
                 Cell::new(last_used_text(r)),
                 Cell::new(r.finding).fg(finding_color(r.finding)),
                 Cell::new(&r.detail),
-            ]);
+            ];
+            if report.usage {
+                cells.push(Cell::new(consumers_text(r, "\n")));
+            }
+            t.add_row(cells);
         }
         out.push_str(&t.to_string());
         out.push('\n');
@@ -124,5 +130,21 @@ mod tests {
         assert!(plain.contains("1 account could not be audited"));
         let coloured = render(&sample(), Format::Table, true);
         assert!(coloured.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn usage_adds_a_consumers_column_and_the_compliant_active_keys() {
+        let text = render(
+            &super::super::testdata::sample_with_usage(),
+            Format::Table,
+            false,
+        );
+        assert!(text.contains("Consumers"), "{text}");
+        assert!(text.contains("alice"), "{text}");
+        assert!(text.contains("10.0.4.17"), "{text}");
+        assert!(text.contains("consumers from CloudTrail"), "{text}");
+        let plain = render(&sample(), Format::Table, false);
+        assert!(!plain.contains("Consumers"));
+        assert!(!plain.contains("alice"));
     }
 }
