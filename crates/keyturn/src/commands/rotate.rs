@@ -234,7 +234,7 @@ async fn rotate_own_profile<J: Journal>(
     let files = SharedFiles::load(&writer.credentials, &writer.config)?;
     let (profile, key_id, secret) = rotatable_profile(&files, name, settings, printer)?;
     // Files keyturn could not replace safely are refused before any AWS call.
-    writer.preflight()?;
+    writer.preflight(&files.holders(&key_id))?;
     // Region and endpoint settings come from the named profile; the credentials are
     // the static key being rotated (never an assumed role).
     let mut remote = settings.remote.clone();
