@@ -186,7 +186,7 @@ async fn rotate_own_profile<J: Journal>(
         printer,
     )?;
     // Files keyturn could not replace safely are refused before any AWS call.
-    writer.preflight()?;
+    writer.preflight(&files.holders(&key_id))?;
     // Region and endpoint settings come from the named profile; the credentials are
     // the static key being rotated (never an assumed role).
     let mut remote = settings.remote.clone();

@@ -382,8 +382,8 @@ impl IniDoc {
         let i = self
             .property_lines(section)
             .into_iter()
-            .filter(|(_, k)| k.eq_ignore_ascii_case(key))
-            .last()?
+            .rev()
+            .find(|(_, k)| k.eq_ignore_ascii_case(key))?
             .0;
         Some(self.value_at(i))
     }
@@ -443,7 +443,7 @@ impl IniDoc {
         value: &str,
     ) -> Result<bool, ValueError> {
         check_value(key, value)?;
-        let Some((i, _)) = self.key_lines(section, after_key).into_iter().last() else {
+        let Some((i, _)) = self.key_lines(section, after_key).pop() else {
             return Ok(false);
         };
         let last = self.continuations(i).last().map(|(j, _)| j).unwrap_or(i);

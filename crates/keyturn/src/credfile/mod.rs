@@ -603,8 +603,9 @@ impl FileProfileWriter {
 impl FileProfileWriter {
     /// Before any AWS call: refuse (exit 2) files keyturn could not replace safely
     /// (see [`check_writable`]), so that a refusal changes nothing.
-    pub fn preflight(&self) -> Result<()> {
-        for p in [&self.credentials, &self.config] {
+    /// `holders`: the (file, profile) pairs that will be written.
+    pub fn preflight(&self, holders: &[(PathBuf, String)]) -> Result<()> {
+        for (p, _) in holders {
             let target = write_target(p)?;
             if target.exists() {
                 check_writable(&target)?;
