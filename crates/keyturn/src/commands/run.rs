@@ -131,8 +131,11 @@ pub async fn run<J: Journal>(
         bar: bar.clone(),
         printer: printer.clone(),
     };
+    // Asked only for blocks with usage = "cloudtrail"; one lookup client per account.
+    let evidence = crate::usage::CloudTrailEvidence::new(file.usage.regions.clone());
     let report = Runner::new(&access, &policy, &file.sinks, journal, env)
         .with_observer(&observer)
+        .with_evidence(&evidence)
         .run(&settings.options)
         .await;
     if let Some(b) = &bar {

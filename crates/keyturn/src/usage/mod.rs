@@ -19,9 +19,11 @@
 //! trails of other accounts are not visible; only the last 90 days are kept.
 
 mod cloudtrail;
+pub mod evidence;
 mod limiter;
 
 pub use cloudtrail::{enabled_regions, EventPage, EventSource, SdkEventSource, PAGE_SIZE};
+pub use evidence::CloudTrailEvidence;
 pub use limiter::RateLimiter;
 
 use crate::error::{Error, Result};
