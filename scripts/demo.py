@@ -222,7 +222,7 @@ def main() -> int:
 
 def demo_fleet(env, home, iam, new_key, backdate, keys) -> None:
     """A fleet run of a policy file, then a second run right after that changes nothing."""
-    print(f"\n{BOLD}== 13. fleet run: `keyturn run` keeps every selected key within policy{RESET}")
+    print(f"\n{BOLD}== 15. fleet run: `keyturn run` keeps every selected key within policy{RESET}")
     for name, path, age in [("fleet-api", "/bots/", 85), ("fleet-etl", "/bots/", 20),
                             ("fleet-web", "/bots/", 200), ("fleet-human", "/people/", 200)]:
         iam.create_user(UserName=name, Path=path)
@@ -256,8 +256,8 @@ sinks = ["vault-file"]
         for line in r.stderr.rstrip().splitlines():
             print(f"  stderr| {line}")
         print(f"{DIM}exit code:{RESET} {r.returncode}")
-        delivered = sorted(p.name for p in Path(home, "fleet-keys").iterdir())
-        for p in Path(home, "fleet-keys").iterdir():
+        delivered = sorted(p.name for p in Path(home, "fleet-keys").glob("*.json"))
+        for p in Path(home, "fleet-keys").glob("*.json"):
             secret = json.loads(p.read_text())["SecretAccessKey"]
             assert secret not in r.stdout and secret not in r.stderr, "a secret leaked"
         print(f"{DIM}delivered:{RESET} {', '.join(delivered)}")
