@@ -7,3 +7,4 @@ pub mod history;
 pub mod resume;
 pub mod rollback;
 pub mod rotate;
+pub mod run;
