@@ -72,6 +72,9 @@ fn outcomes(r: &Value) -> Vec<(String, String, String)> {
     v
 }
 
+/// A user's keys as (id, status).
+type Keys = Vec<(String, String)>;
+
 /// Keys of `user` in `account` as (id, status), through the admin's assumed role.
 fn keys_in(emu: &Emulator, account: &str, user: &str) -> Vec<(String, String)> {
     if account == ACCOUNT {
@@ -232,7 +235,7 @@ fn an_organization_fleet_rotates_exactly_the_due_users_and_a_second_run_changes_
     tag(&emu, &b, "tagged-other-value", "keyturn:rotate", "false");
     let cfg = config(&emu, &ORG_POLICY.replace("EXCLUDED", &c));
     let before_a = keys_in(&emu, &a, "ci-due");
-    let untouched: Vec<(String, &str, Vec<(String, String)>)> = [
+    let untouched: Vec<(String, &str, Keys)> = [
         (a.clone(), "ci-fresh"),
         (a.clone(), "ci-legacy-old"),
         (a.clone(), "human"),

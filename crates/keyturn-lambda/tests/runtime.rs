@@ -705,3 +705,35 @@ fn refusals_test_alone_leftover_pending_and_direct_rotation() {
         .unwrap_err();
     assert!(e.to_string().contains("not available in Lambda"), "{e}");
 }
+
+#[test]
+fn scheduled_fleet_runs_return_the_fleet_report() {
+    let emu = Emulator::start();
+    let api = RuntimeApi::start();
+    let k1 = emu.user_with_key("fleet-bot");
+    let out = emu.dir.path().join("fleet.json");
+    let settings = emu.settings(&format!(
+        "\n[[sinks]]\nname = \"fleet-file\"\ntype = \"json-file\"\npath = \"{}\"\n",
+        out.display()
+    ));
+    let _f = Function::start(&emu, &api, &settings, None);
+    // Inline policy, dry run: the report, nothing changed.
+    let inline = json!({"rotations": [{"name": "all", "users": ["fleet-*"], "sinks": ["fleet-file"]}], "DryRun": true});
+    let r = ok(api.invoke(inline), "inline dry run");
+    assert_eq!(r["SchemaVersion"], 1, "{r}");
+    assert_eq!(r["DryRun"], true, "{r}");
+    assert_eq!(
+        emu.keys("fleet-bot"),
+        vec![(k1.0.clone(), "Active".to_string())]
+    );
+    // An EventBridge rule envelope around the same input.
+    let envelope = json!({"version": "0", "id": "e1", "detail-type": "Scheduled Event", "source": "aws.events",
+        "detail": {"rotations": [{"name": "all", "users": ["fleet-*"], "sinks": ["fleet-file"]}], "DryRun": true}});
+    let r = ok(api.invoke(envelope), "envelope");
+    assert_eq!(r["DryRun"], true, "{r}");
+    // A malformed schedule input is refused before any AWS call.
+    let e = api
+        .invoke(json!({"PolicyParameter": "/p", "PolicyS3": "s3://b/k"}))
+        .unwrap_err();
+    assert_eq!(e["errorType"], "keyturn.Refused", "{e}");
+}
