@@ -7,4 +7,5 @@ pub mod history;
 pub mod resume;
 pub mod rollback;
 pub mod rotate;
+pub mod run;
 pub mod serve;
