@@ -235,6 +235,7 @@ pub fn router(backend: Arc<dyn Backend>, settings: ServeSettings) -> Result<Rout
             "/assets/app.css",
             get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }),
         )
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/fleet", get(api_fleet))
         .route("/api/users/{account}/{user}", get(api_user))
         .route("/api/users/{account}/{user}/rotate", post(api_rotate))
