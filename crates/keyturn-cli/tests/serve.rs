@@ -248,16 +248,22 @@ fn api_tokens_csrf_fleet_view_and_rotate() {
     let job = serve.wait_rotation(USER);
     assert_eq!(job["State"], "finished", "{job}");
     assert_eq!(job["Report"]["Outcome"], "rotated", "{job}");
-    let new_id = job["Report"]["NewAccessKeyId"]
+    // The job shows the new key id masked but for its last 4 characters.
+    let masked = job["Report"]["NewAccessKeyId"]
         .as_str()
         .unwrap()
         .to_string();
+    assert!(masked.starts_with("****"), "{masked}");
     let keys = emu.keys(USER);
-    assert!(
-        keys.iter().any(|(id, st)| *id == new_id && st == "Active"),
-        "{keys:?}"
-    );
-    assert!(!keys_before.iter().any(|(id, _)| *id == new_id));
+    let new: Vec<&(String, String)> = keys
+        .iter()
+        .filter(|k| !keys_before.iter().any(|b| b.0 == k.0))
+        .collect();
+    assert_eq!(new.len(), 1, "{keys:?}");
+    let new_id = new[0].0.clone();
+    assert_eq!(new[0].1, "Active");
+    assert!(masked.ends_with(&new_id[new_id.len() - 4..]), "{masked}");
+    assert!(!job.to_string().contains(&new_id), "unmasked key id: {job}");
     let env = std::fs::read_to_string(emu.dir.path().join(format!("{USER}.env"))).unwrap();
     assert!(env.contains(&new_id), "not delivered: {env}");
     let secret = env
@@ -381,7 +387,10 @@ fn browser_rotate_now() {
     assert!(seen["historyRows"].as_u64().unwrap() >= 1, "{seen}");
     // The key changed in IAM.
     let after = emu.keys(USER);
-    let new: Vec<_> = after.iter().filter(|k| !before.contains(k)).collect();
+    let new: Vec<_> = after
+        .iter()
+        .filter(|k| !before.iter().any(|b| b.0 == k.0))
+        .collect();
     assert_eq!(new.len(), 1, "before {before:?}, after {after:?}");
     for f in ["fleet.png", "user-before.png", "user-after.png", "runs.png"] {
         assert!(shots.join(f).exists(), "no screenshot {f}");

@@ -31,9 +31,6 @@ pub struct ServeCommandSettings {
     pub remote: RemoteConfig,
 }
 
-/// The session name of the roles the server assumes.
-const SESSION: &str = "keyturn-serve";
-
 /// Read `--token-file`: its first line, at least 16 characters.
 pub fn read_token_file(path: &std::path::Path) -> Result<String> {
     let text = std::fs::read_to_string(path)
@@ -131,21 +128,30 @@ impl Live {
     }
 }
 
+/// Drive a future rustc cannot prove `Send` for every lifetime (the runner's and
+/// `resume`'s futures borrow the journal through `impl Future` trait methods) to its
+/// end on this worker thread: `block_in_place` hands the thread's other tasks to the
+/// runtime meanwhile, and the future never crosses an `.await` of the server's.
+fn not_send<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(fut))
+}
+
 #[async_trait::async_trait]
 impl Backend for Live {
     async fn plan(&self) -> Result<FleetReport> {
-        Runner::new(
-            &self.access,
-            &self.policy,
-            &self.sinks,
-            &*self.journal,
-            self.env(),
+        not_send(
+            Runner::new(
+                &self.access,
+                &self.policy,
+                &self.sinks,
+                &*self.journal,
+                self.env(),
+            )
+            .run(&RunOptions {
+                dry_run: true,
+                ..RunOptions::default()
+            }),
         )
-        .run(&RunOptions {
-            dry_run: true,
-            ..RunOptions::default()
-        })
-        .await
     }
 
     async fn keys(&self, account: &str, user: &str) -> Result<Vec<AccessKeyInfo>> {
@@ -168,22 +174,24 @@ impl Backend for Live {
         user: &str,
         observer: &dyn RunObserver,
     ) -> Result<FleetReport> {
-        Runner::new(
-            &self.access,
-            &self.policy,
-            &self.sinks,
-            &*self.journal,
-            self.env(),
-        )
-        .with_observer(observer)
-        .run(&RunOptions {
+        let options = RunOptions {
             only: vec![Only {
                 account: account.to_string(),
                 user: user.to_string(),
             }],
             ..RunOptions::default()
-        })
-        .await
+        };
+        not_send(
+            Runner::new(
+                &self.access,
+                &self.policy,
+                &self.sinks,
+                &*self.journal,
+                self.env(),
+            )
+            .with_observer(observer)
+            .run(&options),
+        )
     }
 
     async fn resume(&self, run_id: &str) -> Result<(i32, String)> {
@@ -194,15 +202,7 @@ impl Backend for Live {
             run_id: Some(run_id.to_string()),
             mfa_code: None,
         };
-        // `resume`'s future is not provably `Send` for every lifetime (a rustc limit
-        // with its borrowed journal), so it runs on a blocking thread of its own.
-        let journal = self.journal.clone();
-        let handle = tokio::runtime::Handle::current();
-        let code = tokio::task::spawn_blocking(move || {
-            handle.block_on(resume(&settings, &*journal, &printer))
-        })
-        .await
-        .map_err(|e| Error::Runtime(format!("resume task: {e}")))??;
+        let code = not_send(resume(&settings, &*self.journal, &printer))?;
         Ok((code, stderr.text()))
     }
 
@@ -231,25 +231,29 @@ pub async fn serve(
         Some(p) => (read_token_file(p)?, true),
         None => (random_token()?, false),
     };
-    let sink_names: Vec<&str> = file.sinks.iter().map(|s| s.name()).collect();
-    let policy = FleetPolicy::resolve(&file.policy, &file.accounts, &file.rotations, &sink_names)
-        .map_err(|e| {
-        let origin = file.origin.as_ref();
-        Error::InvalidInput(
-            e.render(
-                &origin
-                    .map(|o| o.path.display().to_string())
-                    .unwrap_or_else(|| "settings".into()),
-                origin.map(|o| o.text.as_str()),
-            ),
-        )
-    })?;
+    let policy = file.fleet_policy()?;
     if policy.rotations.is_empty() {
         return Err(Error::InvalidInput(
             "the settings file has no [[rotations]] block: keyturn serve shows the users a fleet policy selects (see docs/fleet.md)".into(),
         ));
     }
-    let access = AwsAccess::new(&settings.remote, SESSION).await?;
+    // As in `keyturn run`: a fleet rotation never prints a secret, and here stdout is
+    // the server's own output.
+    for r in &policy.rotations {
+        for name in &r.sinks {
+            if let Some(SinkSpec::Stdout(_)) = file.sinks.iter().find(|s| s.name() == name) {
+                return Err(Error::InvalidInput(format!(
+                    "rotation {:?}: sink {name:?} prints the new secret on stdout; keyturn serve never shows secrets: deliver to a secret store, file or command sink",
+                    r.name
+                )));
+            }
+        }
+    }
+    // Calls as `keyturn run` makes them: adaptive retries per account.
+    let remote =
+        crate::commands::run::RunSettings::new(settings.remote.clone(), RunOptions::default())
+            .remote;
+    let access = AwsAccess::new(&remote, crate::commands::run::SESSION_NAME).await?;
     let live = Live {
         access,
         policy,

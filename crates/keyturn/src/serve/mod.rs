@@ -121,6 +121,18 @@ pub struct Job {
 
 type JobKey = (String, String);
 
+/// A user report as pages show it: key ids masked but for their last 4, also in the
+/// reason.
+fn masked(r: &UserReport) -> UserReport {
+    use crate::secret::{mask_key_id, mask_key_ids_in};
+    UserReport {
+        reason: mask_key_ids_in(&r.reason),
+        new_access_key_id: r.new_access_key_id.as_deref().map(mask_key_id),
+        retired_access_key_id: r.retired_access_key_id.as_deref().map(mask_key_id),
+        ..r.clone()
+    }
+}
+
 /// Rotations started from the page, one per (account, user) at a time.
 #[derive(Default)]
 pub struct Jobs(Mutex<HashMap<JobKey, Job>>);
@@ -176,7 +188,7 @@ impl RunObserver for JobObserver {
         self.jobs.update(&self.key, |j| j.steps.push(step));
     }
     fn user_finished(&self, _account: &str, report: &UserReport) {
-        let r = report.clone();
+        let r = masked(report);
         self.jobs.update(&self.key, |j| {
             j.steps.push(format!("finished: {}", r.outcome));
             j.report = Some(r);
@@ -235,6 +247,7 @@ pub fn router(backend: Arc<dyn Backend>, settings: ServeSettings) -> Result<Rout
             "/assets/app.css",
             get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }),
         )
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/fleet", get(api_fleet))
         .route("/api/users/{account}/{user}", get(api_user))
         .route("/api/users/{account}/{user}/rotate", post(api_rotate))
@@ -634,7 +647,7 @@ async fn api_rotate(
             Ok(report) => {
                 let mine = view::planned_users(&report)
                     .find(|(a, n, u)| (*a == account || *n == account) && u.user_name == user)
-                    .map(|(_, _, u)| u.clone());
+                    .map(|(_, _, u)| masked(u));
                 match mine {
                     Some(u) => {
                         j.state = "finished";

@@ -49,7 +49,10 @@ impl Backend for Fake {
         Ok(vec![AccessKeyInfo {
             access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
             status: KeyStatus::Active,
-            create_date: OffsetDateTime::now_utc() - time::Duration::days(80),
+            // An hour over 80 days: the page's clock is read before the keys are listed.
+            create_date: OffsetDateTime::now_utc()
+                - time::Duration::days(80)
+                - time::Duration::hours(1),
             usage: Usage::Never,
         }])
     }

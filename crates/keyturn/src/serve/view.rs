@@ -358,13 +358,25 @@ mod tests {
     }
 
     fn run(id: &str, user: &str, status: RunStatus, started: OffsetDateTime) -> RunRecord {
-        let meta: RunMeta = serde_json::from_value(serde_json::json!({
-            "RunId": id, "Account": "111111111111", "UserName": user, "Target": "user",
-            "Options": {}, "Plan": {"Steps": []}, "Inventory": [], "Sinks": [],
-            "Output": "text", "Remote": {}, "VerifyTimeoutSecs": 60,
-            "StartedAt": crate::printer::rfc3339(started)
-        }))
-        .unwrap_or_else(|e| panic!("meta: {e}"));
+        let meta = RunMeta {
+            run_id: id.into(),
+            account: "111111111111".into(),
+            user_name: user.into(),
+            mode: crate::plan::Mode::User,
+            options: crate::plan::PlanOptions::default(),
+            plan: crate::plan::Plan {
+                user_name: user.into(),
+                steps: vec![],
+            },
+            inventory: vec![],
+            sinks: vec![],
+            output: "json".into(),
+            remote: crate::journal::RemoteMeta::default(),
+            verify_timeout_secs: 60,
+            profile: None,
+            mfa_serial: None,
+            started_at: started,
+        };
         RunRecord {
             meta,
             status,
