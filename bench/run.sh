@@ -73,4 +73,12 @@ if [[ -f bench/audit_bench.py ]]; then
     "$ROOT/$EMU_PY" bench/audit_bench.py >"$audit_out"
     { echo; cat "$audit_out"; } | tee -a "$OUT"
 fi
+# The fleet-run benchmark (`keyturn run`), likewise, when present.
+if [[ -f bench/fleet_bench.py ]]; then
+    log "running bench/fleet_bench.py"
+    fleet_out=$(mktemp)
+    "$ROOT/$EMU_PY" bench/fleet_bench.py >"$fleet_out"
+    { echo; cat "$fleet_out"; } | tee -a "$OUT"
+    rm -f "$fleet_out"
+fi
 log "results: $OUT"

@@ -210,6 +210,7 @@ def main() -> int:
         # Delivery: one rotation, three consumers (Secrets Manager, SSM, an env file).
         demo_delivery(env, endpoint, admin, home, iam, new_key, keys, scenario, secrets)
         openbao_demo(env, iam)
+        demo_fleet(env, home, iam, new_key, backdate, keys)
 
         print(f"\n{BOLD}Demo finished.{RESET} {len(secrets)} new secrets were issued; "
               "each reached its destinations (stdout or the sinks) once and never stderr.")
@@ -217,6 +218,51 @@ def main() -> int:
         proc.stdin.close()  # the emulator exits when its stdin closes
         proc.wait(timeout=10)
     return 0
+
+
+def demo_fleet(env, home, iam, new_key, backdate, keys) -> None:
+    """A fleet run of a policy file, then a second run right after that changes nothing."""
+    print(f"\n{BOLD}== 13. fleet run: `keyturn run` keeps every selected key within policy{RESET}")
+    for name, path, age in [("fleet-api", "/bots/", 85), ("fleet-etl", "/bots/", 20),
+                            ("fleet-web", "/bots/", 200), ("fleet-human", "/people/", 200)]:
+        iam.create_user(UserName=name, Path=path)
+        backdate(new_key(name), age, 1)
+    Path(home, "fleet-keys").mkdir()
+    cfg = Path(home, "fleet.toml")
+    cfg.write_text(f"""[policy]
+max_age_days = 90
+rotate_before_days = 14
+
+[[sinks]]
+name = "vault-file"
+type = "json-file"
+path = "{home}/fleet-keys/{{user}}.json"
+
+[[rotations]]
+name = "bots"
+users = ["fleet-*"]
+path_prefix = "/bots/"
+sinks = ["vault-file"]
+""")
+    print(f"{DIM}policy:{RESET} rotate users fleet-* under /bots/ at 76 days (max 90), deliver to a json-file")
+    for u in ["fleet-api", "fleet-etl", "fleet-web", "fleet-human"]:
+        print(f"{DIM}before:{RESET} {u}: {keys(u)}")
+    for title in ["first run", "second run, right after: nothing to do"]:
+        print(f"{BOLD}$ keyturn --config fleet.toml run   # {title}{RESET}")
+        r = subprocess.run([KEYTURN, "--config", str(cfg), "run"], env=env,
+                           capture_output=True, text=True)
+        for line in r.stdout.rstrip().splitlines():
+            print(f"  stdout| {line}")
+        for line in r.stderr.rstrip().splitlines():
+            print(f"  stderr| {line}")
+        print(f"{DIM}exit code:{RESET} {r.returncode}")
+        delivered = sorted(p.name for p in Path(home, "fleet-keys").iterdir())
+        for p in Path(home, "fleet-keys").iterdir():
+            secret = json.loads(p.read_text())["SecretAccessKey"]
+            assert secret not in r.stdout and secret not in r.stderr, "a secret leaked"
+        print(f"{DIM}delivered:{RESET} {', '.join(delivered)}")
+    for u in ["fleet-api", "fleet-etl", "fleet-web", "fleet-human"]:
+        print(f"{DIM}after:{RESET}  {u}: {keys(u)}")
 
 
 def demo_delivery(env, endpoint, admin, home, iam, new_key, keys, scenario, secrets) -> None:

@@ -99,6 +99,11 @@ pub enum Command {
     #[command(after_help = AUDIT_AFTER_HELP)]
     Audit(AuditArgs),
 
+    /// Fleet run: advance every key the settings file's [[rotations]] select, in every
+    /// [[accounts]] entry, by one lifecycle step (rotate, retire, delete), idempotently.
+    #[command(after_help = RUN_AFTER_HELP)]
+    Run(RunArgs),
+
     /// Print a shell completion script for bash, zsh, fish or powershell on stdout.
     #[command(after_help = COMPLETIONS_AFTER_HELP)]
     Completions(CompletionsArgs),
@@ -240,6 +245,89 @@ impl From<TableOrJson> for HistoryFormat {
             TableOrJson::Table => HistoryFormat::Table,
             TableOrJson::Json => HistoryFormat::Json,
         }
+    }
+}
+
+const RUN_AFTER_HELP: &str = "\
+The policy is the settings file's [policy], [[accounts]], [[rotations]] and [[sinks]]
+(see keyturn.example.toml; `keyturn config check` validates it).
+
+Exit codes:
+  0  every selected user ended ok, rotated, retired, deleted or waiting
+  1  no account could be reached
+  2  bad settings file or flags (nothing was changed)
+  3  a user is needs-attention, failed or not-attempted, or an account was unreachable";
+
+/// `--output` of `keyturn run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunOutputArg {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Plan only: the report of what a run would do for each user, and why. Nothing
+    /// is changed, the journal is not written.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// stdout: the summary table, or the whole report as JSON.
+    #[arg(long, value_enum, default_value = "table", value_name = "FORMAT")]
+    pub output: RunOutputArg,
+
+    /// Also write the JSON report to this file (atomically, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Only this user of this account (account id, or [[accounts]] / Organization
+    /// name; repeatable). Still only if a [[rotations]] block selects it.
+    #[arg(long = "only", value_name = "ACCOUNT:USER")]
+    pub only: Vec<keyturn::fleet::runner::Only>,
+
+    /// Users in flight at once, across accounts (1-64) [default: policy.concurrency, 8].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: Option<u16>,
+
+    /// Failure budget: start no new user after this many failed [default:
+    /// policy.max_failures, 5].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub max_failures: Option<u32>,
+
+    /// AWS region to sign requests for (also AWS_REGION; IAM is global) [default: from
+    /// the environment or the default profile, else us-east-1].
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Send AWS requests to this endpoint (also AWS_ENDPOINT_URL), e.g. a local emulator.
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+}
+
+impl RunArgs {
+    pub fn resolve(&self) -> keyturn::commands::run::RunSettings {
+        use keyturn::commands::run::{RunOutput, RunSettings};
+        let remote = RemoteConfig {
+            profile: None,
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            ..RemoteConfig::default()
+        };
+        let options = keyturn::fleet::runner::RunOptions {
+            dry_run: self.dry_run,
+            only: self.only.clone(),
+            concurrency: self.concurrency.map(usize::from),
+            max_failures: self.max_failures.map(|n| n as usize),
+            ..Default::default()
+        };
+        let mut s = RunSettings::new(remote, options);
+        s.output = match self.output {
+            RunOutputArg::Table => RunOutput::Table,
+            RunOutputArg::Json => RunOutput::Json,
+        };
+        s.report = self.report.clone();
+        s.progress_bar = std::io::stderr().is_terminal();
+        s
     }
 }
 

@@ -94,6 +94,16 @@ async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
             let settings = a.resolve(&file)?;
             keyturn::commands::audit::audit(&settings, printer).await
         }
+        Command::Run(a) => {
+            let settings = a.resolve();
+            if settings.options.dry_run {
+                // A dry run reads the journal (who created which key) and writes nothing.
+                let j = journal.open_read_only(&settings.remote).await?;
+                return keyturn::commands::run::run(&settings, &file, &j, printer).await;
+            }
+            let j = journal.open(&settings.remote).await?;
+            keyturn::commands::run::run(&settings, &file, &j, printer).await
+        }
         Command::Config(args::ConfigCommand::Check) => {
             let settings = args::ConfigCommand::check_settings(cli.config.clone());
             keyturn::commands::config_check::config_check(&settings, printer).await

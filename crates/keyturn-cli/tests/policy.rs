@@ -1,7 +1,7 @@
 //! `keyturn policy` on the emulator, auth enforced: a fresh principal holding only the
 //! generated policy of `deploy/examples/cli.toml` runs that configuration's commands
-//! end to end (two rotations with both sinks, a crash and `resume`, `audit --source
-//! api`, `history`), and removing any single action from the policy makes one of them
+//! end to end (two rotations with both sinks, a crash and `resume`, a fleet run
+//! `keyturn run`, `audit --source api`, `history`), and removing any single action from the policy makes one of them
 //! fail with AccessDenied naming that action.
 //!
 //! The emulator checks actions everywhere and IAM resources (keyturn's patch), but it
@@ -143,6 +143,12 @@ fn scenario(emu: &Emulator, as_: &Creds, config: &Path, user: &str) -> Option<(S
             &[-1, 134],
         ),
         ("resume".into(), base(&["resume"]), &[0]),
+        // A fleet run: the user's key is made due (80 days old) first.
+        (
+            "run".into(),
+            base(&["run", "--only", &format!("{ACCOUNT}:{user}")]),
+            &[0],
+        ),
         (
             "audit".into(),
             base(&[
@@ -159,6 +165,13 @@ fn scenario(emu: &Emulator, as_: &Creds, config: &Path, user: &str) -> Option<(S
         ("history".into(), base(&["history"]), &[0]),
     ];
     for (what, mut cmd, ok) in steps {
+        if what == "run" {
+            for (id, status) in emu.keys(user) {
+                if status == "Active" {
+                    emu.backdate(&id, 80, Some(1));
+                }
+            }
+        }
         let run = emu.run(&mut cmd);
         let denied = run.stderr.contains("AccessDenied") || run.stderr.contains("not authorized");
         if !ok.contains(&run.code) || (denied && what != "rotate (crash)") {

@@ -480,6 +480,11 @@ impl Access {
         &self.base
     }
 
+    /// The settings the base configuration was loaded from (region, endpoint, retry).
+    pub fn remote(&self) -> &RemoteConfig {
+        &self.remote
+    }
+
     pub fn session_name(&self) -> &str {
         &self.session_name
     }

@@ -95,6 +95,20 @@ impl SdkKeyApi {
         }
     }
 
+    /// Over already built clients (a fleet account's clients, with its own retry
+    /// partition); `config` is what [`KeyApi::as_key`] builds new-key clients from.
+    pub fn from_clients(
+        config: &SdkConfig,
+        iam: aws_sdk_iam::Client,
+        sts: aws_sdk_sts::Client,
+    ) -> Self {
+        Self {
+            config: config.clone(),
+            iam,
+            sts,
+        }
+    }
+
     pub fn sdk_config(&self) -> &SdkConfig {
         &self.config
     }

@@ -8,3 +8,4 @@ pub mod policy;
 pub mod resume;
 pub mod rollback;
 pub mod rotate;
+pub mod run;

@@ -23,4 +23,5 @@ pub mod history;
 pub mod planner;
 pub mod policy;
 pub mod report;
+pub mod runner;
 pub mod select;
