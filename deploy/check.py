@@ -8,6 +8,7 @@ checked statically:
 * checkov on the CloudFormation templates and the Terraform module;
 * python-hcl2 parses every .tf file, and the module's variables, outputs and the
   example root module's arguments agree;
+* `terraform fmt -check`, when terraform exists (`validate` needs a provider download);
 * `systemd-analyze verify` on the units, when systemd-analyze exists;
 * the crontab line has six fields before the command and names the keyturn user.
 
@@ -90,6 +91,10 @@ def main() -> None:
             [*checkov, "--framework", "cloudformation", "-f", str(t)])
     run("checkov terraform module", [*checkov, "--framework", "terraform", "-d", str(MODULE)])
     terraform_structure()
+    if shutil.which("terraform"):
+        # `terraform validate` needs `terraform init`, which downloads the AWS provider:
+        # not offline. The formatting check is.
+        run("terraform fmt -check", ["terraform", "fmt", "-check", "-recursive", str(HERE / "terraform")])
     units = [HERE / "systemd/keyturn.service", HERE / "systemd/keyturn.timer"]
     if shutil.which("systemd-analyze"):
         # `verify` wants the ExecStart binary to exist; point it at a stand-in.

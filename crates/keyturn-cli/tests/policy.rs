@@ -1,7 +1,7 @@
 //! `keyturn policy` on the emulator, auth enforced: a fresh principal holding only the
 //! generated policy of `deploy/examples/cli.toml` runs that configuration's commands
-//! end to end (two rotations with both sinks, a crash and `resume`, `audit --source
-//! api`, `history`), and removing any single action from the policy makes one of them
+//! end to end (two rotations with both sinks, a crash and `resume`, a fleet run
+//! `keyturn run`, `audit --source api`, `history`), and removing any single action from the policy makes one of them
 //! fail with AccessDenied naming that action.
 //!
 //! The emulator checks actions everywhere and IAM resources (keyturn's patch), but it
@@ -143,6 +143,12 @@ fn scenario(emu: &Emulator, as_: &Creds, config: &Path, user: &str) -> Option<(S
             &[-1, 134],
         ),
         ("resume".into(), base(&["resume"]), &[0]),
+        // A fleet run: the user's key is made due (80 days old) first.
+        (
+            "run".into(),
+            base(&["run", "--only", &format!("{ACCOUNT}:{user}")]),
+            &[0],
+        ),
         (
             "audit".into(),
             base(&[
@@ -159,6 +165,13 @@ fn scenario(emu: &Emulator, as_: &Creds, config: &Path, user: &str) -> Option<(S
         ("history".into(), base(&["history"]), &[0]),
     ];
     for (what, mut cmd, ok) in steps {
+        if what == "run" {
+            for (id, status) in emu.keys(user) {
+                if status == "Active" {
+                    emu.backdate(&id, 80, Some(1));
+                }
+            }
+        }
         let run = emu.run(&mut cmd);
         let denied = run.stderr.contains("AccessDenied") || run.stderr.contains("not authorized");
         if !ok.contains(&run.code) || (denied && what != "rotate (crash)") {
@@ -283,4 +296,69 @@ fn policy_targets_and_formats() {
     run.assert_code(2).assert_stderr("backend = \"dynamodb\"");
     let run = emu.run(emu.keyturn_bare().args(["policy", "--set", "Acount=1"]));
     run.assert_code(2).assert_stderr("the placeholders are");
+}
+
+/// Self-rotation (`rotate --profile`) as `user`, whose key is `key`: a dry run (it
+/// shows each key's last use), the default run (old key deleted), then one with
+/// `--keep-old-inactive`.
+fn self_scenario(emu: &Emulator, user: &str, key: &Creds) -> Option<Run> {
+    let dir = emu.dir.path().join(format!("aws-{user}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let credentials = dir.join("credentials");
+    let config = dir.join("config");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            key.id, key.secret
+        ),
+    )
+    .unwrap();
+    std::fs::write(&config, "[default]\nregion = us-east-1\n").unwrap();
+    for p in [&credentials, &config] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    for extra in [&["--dry-run"][..], &[][..], &["--keep-old-inactive"][..]] {
+        let mut cmd = emu.keyturn_bare();
+        cmd.env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+            .env("AWS_CONFIG_FILE", &config)
+            .env("KEYTURN_JOURNAL", dir.join("journal.sqlite"))
+            .args(["rotate", "--profile", "default", "--output", "json"])
+            .args(extra);
+        let run = emu.run(&mut cmd);
+        if run.code != 0 {
+            return Some(run);
+        }
+    }
+    None
+}
+
+#[test]
+fn generated_self_policy_is_sufficient_and_minimal() {
+    let emu = Emulator::start();
+    let empty = emu.dir.path().join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let policy = generated(&emu, &empty, "self");
+    let actions = actions_of(&policy);
+    let key = principal(&emu, "dev", &policy);
+    if let Some(run) = self_scenario(&emu, "dev", &key) {
+        panic!(
+            "self-rotation failed with the generated policy:\n{}",
+            run.stderr
+        );
+    }
+    let keys = emu.keys("dev");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for (i, action) in actions.iter().enumerate() {
+        let user = format!("dev-{i}");
+        let key = principal(&emu, &user, &without(&policy, action));
+        match self_scenario(&emu, &user, &key) {
+            None => panic!("self-rotation succeeded without {action}: it is not needed"),
+            Some(run) => assert!(
+                run.stderr.contains("AccessDenied") && run.stderr.contains(action.as_str()),
+                "without {action}:\n{}",
+                run.stderr
+            ),
+        }
+    }
 }

@@ -433,7 +433,7 @@ fn iam_statements(doc: &mut Document, fleet: &FleetPolicy) {
             st = st.when(
                 "StringEquals",
                 &format!("aws:ResourceTag/{k}"),
-                &[v.clone()],
+                std::slice::from_ref(v),
             );
         }
         doc.push(st);

@@ -149,8 +149,7 @@ resource "aws_lambda_function" "keyturn" {
 
   environment {
     variables = {
-      KEYTURN_CONFIG          = "/var/task/keyturn.toml"
-      KEYTURN_ORGANIZATION_ID = var.organization_id
+      KEYTURN_CONFIG = "/var/task/keyturn.toml"
     }
   }
   dead_letter_config {
