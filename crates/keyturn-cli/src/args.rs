@@ -226,13 +226,13 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn resolve(&self) -> keyturn::commands::serve::ServeCommandSettings {
-        keyturn::commands::serve::ServeCommandSettings {
+    pub fn resolve(&self) -> Result<keyturn::commands::serve::ServeCommandSettings> {
+        Ok(keyturn::commands::serve::ServeCommandSettings {
             listen: self.listen,
             token_file: self.token_file.clone(),
             read_only: self.read_only,
-            remote: self.remote.remote(),
-        }
+            remote: self.remote.remote()?,
+        })
     }
 }
 

@@ -114,7 +114,7 @@ async fn run(cli: Cli, printer: &Printer) -> keyturn::Result<i32> {
             keyturn::commands::policy::policy(&a.resolve()?, &file, &journal, printer).await
         }
         Command::Serve(a) => {
-            let settings = a.resolve();
+            let settings = a.resolve()?;
             let j = if settings.read_only {
                 journal.open_read_only(&settings.remote).await?
             } else {

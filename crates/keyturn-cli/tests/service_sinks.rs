@@ -1566,3 +1566,179 @@ token_env = "T_GL"
         );
     }
 }
+
+// ---- Fleet runs -------------------------------------------------------------------------
+
+/// `keyturn run` delivers through the same sinks: one due user, a rotation block naming
+/// all five services; each service ends up holding the new key, the report says each
+/// delivery happened, and a second run changes nothing.
+#[test]
+fn a_fleet_run_delivers_to_all_five_services() {
+    let bao = Bao::start();
+    let infa = Fixture::start("informatica");
+    let gh = Fixture::start("github");
+    let inf = Fixture::start("infisical");
+    let gl = Fixture::start("gitlab");
+    let emu = Emulator::start();
+    let old = emu.seed(
+        ACCOUNT,
+        json!([{ "name": "ci-bot", "keys": [{ "create_date": days_ago(100), "last_used": days_ago(1),
+            "last_used_service": "s3", "last_used_region": "eu-west-1" }] }]),
+    )["users"][0]["keys"][0]["access_key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ids: Vec<String> = iics_ids(&infa).iter().map(|i| format!("\"{i}\"")).collect();
+    let cfg = write_config(
+        &emu,
+        &format!(
+            r#"
+[policy]
+max_age_days = 90
+canary = 0
+
+[[sinks]]
+name = "v"
+type = "vault"
+address = "{bao}"
+path = "ci/{{user}}"
+token_env = "T_VAULT"
+
+[[sinks]]
+name = "i"
+type = "informatica"
+login_url = "{login}"
+username = "{user}"
+password_env = "T_IICS"
+connections = [{ids}]
+
+[[sinks]]
+name = "g"
+type = "github"
+api_url = "{gh}"
+repository = "octo-org/octo-repo"
+token_env = "T_GH"
+
+[[sinks]]
+name = "f"
+type = "infisical"
+url = "{inf}"
+client_id = "{client}"
+client_secret_env = "T_INF"
+project_id = "{project}"
+environment = "prod"
+secret_path = "/ci"
+
+[[sinks]]
+name = "l"
+type = "gitlab"
+url = "{gl}"
+project = "42"
+token_env = "T_GL"
+
+[[rotations]]
+name = "services"
+users = ["ci-*"]
+sinks = ["v", "i", "g", "f", "l"]
+"#,
+            bao = bao.addr,
+            login = infa.str("login_url"),
+            user = infa.str("username"),
+            ids = ids.join(", "),
+            gh = gh.str("api_url"),
+            inf = inf.str("url"),
+            client = inf.str("client_id"),
+            project = inf.str("project_id"),
+            gl = gl.str("url"),
+        ),
+    );
+    let env = [
+        ("T_VAULT", bao.root_token.as_str()),
+        ("T_IICS", infa.str("password")),
+        ("T_GH", gh.str("token")),
+        ("T_INF", inf.str("client_secret")),
+        ("T_GL", gl.str("token")),
+    ];
+    let fleet = |extra: &[&str]| {
+        let mut args = vec!["run", "--output", "json"];
+        args.extend_from_slice(extra);
+        let (run, argv) = keyturn(&emu, &cfg, &args, &env);
+        let report: Value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("report: {e}\n{}\n{}", run.stdout, run.stderr));
+        (run, argv, report)
+    };
+    let (run, argv, report) = fleet(&[]);
+    run.assert_code(0);
+    let line = &report["Accounts"][0]["Users"][0];
+    assert_eq!(line["UserName"], "ci-bot", "{report:#}");
+    assert_eq!(line["Outcome"], "rotated", "{report:#}");
+    let new_id = line["NewAccessKeyId"].as_str().unwrap().to_string();
+    assert_ne!(new_id, old);
+    let sinks: Vec<(String, bool)> = line["Sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["Name"].as_str().unwrap().into(), s["Delivered"] == true))
+        .collect();
+    assert_eq!(
+        sinks,
+        ["v", "i", "g", "f", "l"].map(|n| (n.to_string(), true)),
+        "{report:#}"
+    );
+    // Each service holds the new key.
+    let (data, _) = bao.kv_read("secret", "ci/ci-bot").unwrap();
+    assert_eq!(data["AccessKeyId"], new_id.as_str());
+    let secret = data["SecretAccessKey"].as_str().unwrap().to_string();
+    assert!(
+        emu.whoami(&creds(&new_id, &secret)).is_ok(),
+        "the delivered key works"
+    );
+    for (k, s) in iics_keys(&infa) {
+        assert_eq!((k.as_str(), s.as_str()), (new_id.as_str(), secret.as_str()));
+    }
+    let st = gh.state();
+    let repo = "repos/octo-org/octo-repo";
+    assert_eq!(
+        gh_secret(&st, repo, "AWS_ACCESS_KEY_ID")["value"],
+        new_id.as_str()
+    );
+    assert_eq!(
+        gh_secret(&st, repo, "AWS_SECRET_ACCESS_KEY")["value"],
+        secret.as_str()
+    );
+    let st = inf.state();
+    let ci = &st["secrets"]["prod"]["/ci"];
+    assert_eq!(ci["AWS_ACCESS_KEY_ID"]["value"], new_id.as_str());
+    assert_eq!(ci["AWS_SECRET_ACCESS_KEY"]["value"], secret.as_str());
+    let st = gl.state();
+    let v = gitlab_vars(&st, "variables", "42", "AWS_SECRET_ACCESS_KEY");
+    assert_eq!(v.len(), 1, "{st:#}");
+    assert_eq!(v[0]["value"], secret.as_str());
+    // The old key stays Active until its consumers switch (retire = when-switched).
+    assert!(emu
+        .keys("ci-bot")
+        .contains(&(old.clone(), "Active".to_string())));
+    let mut secrets: Vec<&str> = env.iter().map(|(_, v)| *v).collect();
+    secrets.push(&secret);
+    assert_hygiene(
+        &secrets,
+        &run,
+        &argv,
+        &[
+            infa.requests(),
+            gh.requests(),
+            inf.requests(),
+            gl.requests(),
+        ]
+        .concat(),
+    );
+    // A second run right after delivers nothing again.
+    let writes = |st: &Value| st["writes"].as_array().map(|w| w.len());
+    let before = writes(&inf.state());
+    let (run, _, report) = fleet(&[]);
+    run.assert_code(0);
+    let outcome = report["Accounts"][0]["Users"][0]["Outcome"].clone();
+    assert!(outcome == "waiting" || outcome == "ok", "{report:#}");
+    assert_eq!(writes(&inf.state()), before, "no second delivery");
+    assert_eq!(emu.keys("ci-bot").len(), 2);
+}

@@ -142,9 +142,9 @@ pub fn fleet_page(
             o.as_str()
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         b,
-        "</select></label> <label>Sort <select name=\"sort\"><option value=\"\">account, user</option><option value=\"age\"{}>oldest key first</option><option value=\"-age\"{}>newest key first</option></select></label> <button type=\"submit\">Apply</button></form>\n",
+        "</select></label> <label>Sort <select name=\"sort\"><option value=\"\">account, user</option><option value=\"age\"{}>oldest key first</option><option value=\"-age\"{}>newest key first</option></select></label> <button type=\"submit\">Apply</button></form>",
         if filter.sort == "age" { " selected" } else { "" },
         if filter.sort == "-age" { " selected" } else { "" },
     );
@@ -388,7 +388,7 @@ mod tests {
 
     #[test]
     fn every_aws_value_is_escaped() {
-        let rows = vec![evil_row()];
+        let rows = [evil_row()];
         let html = fleet_page(&chrome(false), &rows, &rows, &Filter::default(), &[], 90);
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(!html.contains("<img"));
@@ -414,7 +414,7 @@ mod tests {
 
     #[test]
     fn read_only_pages_have_no_buttons() {
-        let rows = vec![evil_row()];
+        let rows = [evil_row()];
         let user = user_page(&chrome(true), Some(&rows[0]), "1", "u", &Ok(vec![]), &[]);
         assert!(!user.contains("<button id=\"rotate\""));
         assert!(user.contains("read-only"));

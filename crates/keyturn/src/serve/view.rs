@@ -296,8 +296,8 @@ pub fn filter_rows(rows: &[FleetRow], f: &Filter) -> Vec<FleetRow> {
         .cloned()
         .collect();
     match f.sort.as_str() {
-        "age" => out.sort_by(|a, b| b.newest_key_age_days.cmp(&a.newest_key_age_days)),
-        "-age" => out.sort_by(|a, b| a.newest_key_age_days.cmp(&b.newest_key_age_days)),
+        "age" => out.sort_by_key(|r| std::cmp::Reverse(r.newest_key_age_days)),
+        "-age" => out.sort_by_key(|r| r.newest_key_age_days),
         _ => out.sort_by(|a, b| (&a.account, &a.user_name).cmp(&(&b.account, &b.user_name))),
     }
     out

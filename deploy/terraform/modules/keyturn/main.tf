@@ -203,7 +203,7 @@ resource "aws_scheduler_schedule" "daily" {
   target {
     arn      = aws_lambda_function.keyturn.arn
     role_arn = aws_iam_role.scheduler.arn
-    input    = jsonencode({ dry_run = false })
+    input    = jsonencode({ DryRun = false })
     retry_policy {
       maximum_retry_attempts = 0
     }
