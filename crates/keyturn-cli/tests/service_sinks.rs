@@ -1711,7 +1711,12 @@ sinks = ["v", "i", "g", "f", "l"]
     assert_eq!(ci["AWS_ACCESS_KEY_ID"]["value"], new_id.as_str());
     assert_eq!(ci["AWS_SECRET_ACCESS_KEY"]["value"], secret.as_str());
     let st = gl.state();
-    let v = gitlab_vars(&st, "variables", "42", "AWS_SECRET_ACCESS_KEY");
+    let v = gitlab_vars(
+        &st,
+        "projects",
+        "keyturn-group/keyturn-app",
+        "AWS_SECRET_ACCESS_KEY",
+    );
     assert_eq!(v.len(), 1, "{st:#}");
     assert_eq!(v[0]["value"], secret.as_str());
     // The old key stays Active until its consumers switch (retire = when-switched).
