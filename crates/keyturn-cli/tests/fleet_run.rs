@@ -341,43 +341,6 @@ fn an_organization_fleet_rotates_exactly_the_due_users_and_a_second_run_changes_
         .contains("new key used only by keyturn's own checks"));
 }
 
-/// Move every time the journal holds `days` into the past (a run "days ago").
-fn age_journal(emu: &Emulator, days: i64) {
-    let db = rusqlite::Connection::open(emu.journal_path()).unwrap();
-    let shift = |s: String| -> String {
-        let t = OffsetDateTime::parse(&s, &Rfc3339).unwrap() - time::Duration::days(days);
-        t.format(&Rfc3339).unwrap()
-    };
-    let rows: Vec<(i64, String)> = db
-        .prepare("SELECT rowid, at FROM steps")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for (id, at) in rows {
-        db.execute(
-            "UPDATE steps SET at = ?1 WHERE rowid = ?2",
-            rusqlite::params![shift(at), id],
-        )
-        .unwrap();
-    }
-    let rows: Vec<(String, String, Option<String>)> = db
-        .prepare("SELECT run_id, started_at, finished_at FROM runs")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for (id, s, f) in rows {
-        db.execute(
-            "UPDATE runs SET started_at = ?1, finished_at = ?2 WHERE run_id = ?3",
-            rusqlite::params![shift(s), f.map(shift), id],
-        )
-        .unwrap();
-    }
-}
-
 fn set_used(emu: &Emulator, key_id: &str, hours_ago: i64) {
     let t = OffsetDateTime::now_utc() - time::Duration::hours(hours_ago);
     emu.post(
@@ -452,7 +415,7 @@ fn lifecycle_over_runs_retire_when_switched_or_forced_then_delete() {
 
     // A day later (the journal aged by a day, the rotation's key made a day ago): a
     // consumer used the new key 10 h ago, the old key was last used before that.
-    age_journal(&emu, 1);
+    common::age_journal(&emu, 1);
     set_created(&emu, &new_switch, 1);
     set_created(&emu, &new_quiet, 1);
     // keyturn's own verification call is the quiet key's only use: make it "never".
@@ -475,7 +438,7 @@ fn lifecycle_over_runs_retire_when_switched_or_forced_then_delete() {
     assert_eq!(user(&r, ACCOUNT, "bot-quiet")["Outcome"], "waiting");
 
     // Eight days after the rotation, the quiet user's old key is retired anyway.
-    age_journal(&emu, 7);
+    common::age_journal(&emu, 7);
     set_created(&emu, &new_quiet, 8);
     set_created(&emu, &new_switch, 8);
     run(&emu, &cfg, &[]).assert_code(0);

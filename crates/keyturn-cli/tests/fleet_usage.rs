@@ -76,47 +76,10 @@ fn reason(r: &Value, name: &str) -> String {
         .to_string()
 }
 
-/// Move every time the journal holds `days` into the past (as fleet_run.rs does).
-fn age_journal(emu: &Emulator, days: i64) {
-    let db = rusqlite::Connection::open(emu.journal_path()).unwrap();
-    let shift = |s: String| -> String {
-        let t = OffsetDateTime::parse(&s, &Rfc3339).unwrap() - time::Duration::days(days);
-        t.format(&Rfc3339).unwrap()
-    };
-    let steps: Vec<(i64, String)> = db
-        .prepare("SELECT rowid, at FROM steps")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for (id, at) in steps {
-        db.execute(
-            "UPDATE steps SET at = ?1 WHERE rowid = ?2",
-            rusqlite::params![shift(at), id],
-        )
-        .unwrap();
-    }
-    let runs: Vec<(String, String, Option<String>)> = db
-        .prepare("SELECT run_id, started_at, finished_at FROM runs")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for (id, s, f) in runs {
-        db.execute(
-            "UPDATE runs SET started_at = ?1, finished_at = ?2 WHERE run_id = ?3",
-            rusqlite::params![shift(s), f.map(shift), id],
-        )
-        .unwrap();
-    }
-}
-
 /// Everything happened `days` earlier: the journal, the new keys' creation, and the
 /// CloudTrail events of every key.
 fn travel(emu: &Emulator, days: i64, new_keys: &[(&str, i64)], all_keys: &[&str]) {
-    age_journal(emu, days);
+    common::age_journal(emu, days);
     for (k, created_days_ago) in new_keys {
         emu.post(
             "/_keyturn/access-key",

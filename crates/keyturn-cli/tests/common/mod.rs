@@ -414,3 +414,44 @@ pub fn assert_no_secret(secret: &str, texts: &[(&str, &str)]) {
         );
     }
 }
+
+/// Move every time the SQLite journal holds `days` into the past (a run "days ago"):
+/// how the fleet tests let days pass.
+pub fn age_journal(emu: &Emulator, days: i64) {
+    let db = rusqlite::Connection::open(emu.journal_path()).unwrap();
+    let shift = |s: String| -> String {
+        let t = time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+            .unwrap()
+            - time::Duration::days(days);
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let rows: Vec<(i64, String)> = db
+        .prepare("SELECT rowid, at FROM steps")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (id, at) in rows {
+        db.execute(
+            "UPDATE steps SET at = ?1 WHERE rowid = ?2",
+            rusqlite::params![shift(at), id],
+        )
+        .unwrap();
+    }
+    let rows: Vec<(String, String, Option<String>)> = db
+        .prepare("SELECT run_id, started_at, finished_at FROM runs")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (id, s, f) in rows {
+        db.execute(
+            "UPDATE runs SET started_at = ?1, finished_at = ?2 WHERE run_id = ?3",
+            rusqlite::params![shift(s), f.map(shift), id],
+        )
+        .unwrap();
+    }
+}
