@@ -1444,21 +1444,22 @@ fn gitlab_bad_tokens_delete_the_new_key_and_write_nothing() {
 
 // ---- every sink at once, at every verbosity ------------------------------------------------
 
-#[test]
-fn no_secret_or_token_reaches_the_logs_at_any_verbosity() {
-    let bao = Bao::start();
-    let infa = Fixture::start("informatica");
-    let gh = Fixture::start("github");
-    let inf = Fixture::start("infisical");
-    let gl = Fixture::start("gitlab");
-    let emu = Emulator::start();
-    emu.create_user("ci-bot");
-    emu.create_key("ci-bot");
-    let ids: Vec<String> = iics_ids(&infa).iter().map(|i| format!("\"{i}\"")).collect();
-    let cfg = write_config(
-        &emu,
-        &format!(
-            r#"
+const INFISICAL_ENV: &str = "environment = \"dev\"";
+
+/// `[[sinks]]` v (Vault), i (Informatica), g (GitHub), f (Infisical, `infisical` adds
+/// its environment lines), l (GitLab), with their credentials in T_VAULT, T_IICS,
+/// T_GH, T_INF and T_GL.
+fn five_sinks(
+    bao: &Bao,
+    infa: &Fixture,
+    gh: &Fixture,
+    inf: &Fixture,
+    gl: &Fixture,
+    infisical: &str,
+) -> String {
+    let ids: Vec<String> = iics_ids(infa).iter().map(|i| format!("\"{i}\"")).collect();
+    format!(
+        r#"
 [[sinks]]
 name = "v"
 type = "vault"
@@ -1488,7 +1489,7 @@ url = "{inf}"
 client_id = "{client}"
 client_secret_env = "T_INF"
 project_id = "{project}"
-environment = "dev"
+{infisical}
 
 [[sinks]]
 name = "l"
@@ -1497,15 +1498,34 @@ url = "{gl}"
 project = "42"
 token_env = "T_GL"
 "#,
-            bao = bao.addr,
-            login = infa.str("login_url"),
-            user = infa.str("username"),
-            ids = ids.join(", "),
-            gh = gh.str("api_url"),
-            inf = inf.str("url"),
-            client = inf.str("client_id"),
-            project = inf.str("project_id"),
-            gl = gl.str("url"),
+        bao = bao.addr,
+        login = infa.str("login_url"),
+        user = infa.str("username"),
+        ids = ids.join(", "),
+        gh = gh.str("api_url"),
+        inf = inf.str("url"),
+        client = inf.str("client_id"),
+        project = inf.str("project_id"),
+        gl = gl.str("url"),
+    )
+}
+
+#[test]
+fn no_secret_or_token_reaches_the_logs_at_any_verbosity() {
+    let bao = Bao::start();
+    let infa = Fixture::start("informatica");
+    let gh = Fixture::start("github");
+    let inf = Fixture::start("infisical");
+    let gl = Fixture::start("gitlab");
+    let emu = Emulator::start();
+    emu.create_user("ci-bot");
+    emu.create_key("ci-bot");
+    let cfg = write_config(
+        &emu,
+        &format!(
+            r#"
+{sinks}"#,
+            sinks = five_sinks(&bao, &infa, &gh, &inf, &gl, INFISICAL_ENV),
         ),
     );
     let env = [
@@ -1588,7 +1608,6 @@ fn a_fleet_run_delivers_to_all_five_services() {
         .as_str()
         .unwrap()
         .to_string();
-    let ids: Vec<String> = iics_ids(&infa).iter().map(|i| format!("\"{i}\"")).collect();
     let cfg = write_config(
         &emu,
         &format!(
@@ -1597,59 +1616,21 @@ fn a_fleet_run_delivers_to_all_five_services() {
 max_age_days = 90
 canary = 0
 
-[[sinks]]
-name = "v"
-type = "vault"
-address = "{bao}"
-path = "ci/{{user}}"
-token_env = "T_VAULT"
-
-[[sinks]]
-name = "i"
-type = "informatica"
-login_url = "{login}"
-username = "{user}"
-password_env = "T_IICS"
-connections = [{ids}]
-
-[[sinks]]
-name = "g"
-type = "github"
-api_url = "{gh}"
-repository = "octo-org/octo-repo"
-token_env = "T_GH"
-
-[[sinks]]
-name = "f"
-type = "infisical"
-url = "{inf}"
-client_id = "{client}"
-client_secret_env = "T_INF"
-project_id = "{project}"
-environment = "prod"
-secret_path = "/ci"
-
-[[sinks]]
-name = "l"
-type = "gitlab"
-url = "{gl}"
-project = "42"
-token_env = "T_GL"
-
+{sinks}
 [[rotations]]
 name = "services"
 users = ["ci-*"]
 sinks = ["v", "i", "g", "f", "l"]
 "#,
-            bao = bao.addr,
-            login = infa.str("login_url"),
-            user = infa.str("username"),
-            ids = ids.join(", "),
-            gh = gh.str("api_url"),
-            inf = inf.str("url"),
-            client = inf.str("client_id"),
-            project = inf.str("project_id"),
-            gl = gl.str("url"),
+            sinks = five_sinks(
+                &bao,
+                &infa,
+                &gh,
+                &inf,
+                &gl,
+                "environment = \"prod\"
+secret_path = \"/ci\""
+            ),
         ),
     );
     let env = [
